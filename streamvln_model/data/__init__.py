@@ -1,0 +1,1 @@
+"""Navigation trajectory data: validation, the sample index, the dataset and its collator."""

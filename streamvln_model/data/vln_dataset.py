@@ -1,0 +1,92 @@
+"""`VLNActionDataset`: navigation samples (task 0) from the Arrow sample index."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase, SiglipImageProcessor
+
+from ..conversation import TokenSpec, tokenize_conversation
+from .images import preprocess_frames
+from .prompts import navigation_conversation
+from .sampling import action_groups, current_steps, history_steps
+
+NAVIGATION_TASK = 0
+
+
+@dataclass
+class SamplePlan:
+    """Everything about a sample except pixels: what `data preview` shows and training loads."""
+
+    episode_id: str
+    instruction: str
+    start: int
+    history_frames: list[str]
+    current_frames: list[str]
+    current_steps: list[int]
+    conversation: list[dict[str, str]]
+    input_ids: list[int]
+    labels: list[int]
+
+
+class VLNActionDataset(Dataset):
+    def __init__(
+        self,
+        index: datasets.Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        token_spec: TokenSpec,
+        image_processor: SiglipImageProcessor,
+        num_frames: int = 32,
+        num_history: int = 8,
+        num_future_steps: int = 4,
+        seed: int = 0,
+    ):
+        self.index = index
+        self.tokenizer = tokenizer
+        self.token_spec = token_spec
+        self.image_processor = image_processor
+        self.num_frames = num_frames
+        self.num_history = num_history
+        self.num_future_steps = num_future_steps
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def plan(self, i: int) -> SamplePlan:
+        row = self.index[i]
+        actions, start = list(row["actions"]), row["start"]
+        frame_dir = Path(row["source"]) / row["video"] / "rgb"
+        history = history_steps(start, self.num_history)
+        current = current_steps(start, len(actions), self.num_frames, self.num_future_steps)
+        groups = action_groups(actions, start, self.num_frames, self.num_future_steps)
+        # Seeded per sample: the preview shows exactly what training sees, and runs reproduce.
+        rng = random.Random(f"{self.seed}:{i}")
+        conversation = navigation_conversation(row["instruction"], groups, bool(history), rng)
+        input_ids, labels = tokenize_conversation(self.tokenizer, self.token_spec, conversation)
+        return SamplePlan(
+            episode_id=row["episode_id"],
+            instruction=row["instruction"],
+            start=start,
+            history_frames=[str(frame_dir / row["frames"][t]) for t in history],
+            current_frames=[str(frame_dir / row["frames"][t]) for t in current],
+            current_steps=current,
+            conversation=conversation,
+            input_ids=input_ids,
+            labels=labels,
+        )
+
+    def __getitem__(self, i: int) -> dict:
+        plan = self.plan(i)
+        return {
+            "input_ids": torch.tensor(plan.input_ids, dtype=torch.long),
+            "labels": torch.tensor(plan.labels, dtype=torch.long),
+            "images": preprocess_frames(self.image_processor, plan.history_frames + plan.current_frames),
+            "time_ids": torch.tensor(plan.current_steps, dtype=torch.long),
+            "task_type": NAVIGATION_TASK,
+        }

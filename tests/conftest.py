@@ -1,0 +1,169 @@
+"""Session-wide test environment and fixtures that run REAL services on 127.0.0.1.
+
+Fixtures (all session-scoped, started on first use, torn down at the end of the session):
+
+* ``mlflow_server``   -> :class:`MlflowServer`: an ``mlflow server`` on SQLite that proxies
+  artifacts (``mlflow-artifacts:/``), so clients need only ``.uri``.
+* ``moto_s3``         -> :class:`MotoS3`: a ``moto_server`` S3 endpoint; ``.fs()`` gives s3fs.
+* ``prefect_harness`` -> :class:`PrefectHarness`: Prefect's test harness (temporary API server
+  and database) with ``PREFECT_HOME`` and result storage in a session temp dir.
+
+Process start, readiness polling and teardown live in ``tests/services.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services import Service, free_port, start_service
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# --- Session-wide environment (set before any test module imports HF / Prefect / MLflow) ----
+# Tests never reach the network: no hub downloads, no telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # MLflow honours DO_NOT_TRACK only when "true"
+# Prefect's ephemeral server needs ~20-30 s on a 2-core machine; the default timeout is 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Persistent cache (e.g. the built Qwen2 tokenizer) that survives test sessions.
+os.environ.setdefault("STREAMVLN_CACHE_DIR", str(REPO_ROOT / ".cache" / "streamvln"))
+
+MLFLOW_STARTUP_TIMEOUT_S = 120.0
+MOTO_STARTUP_TIMEOUT_S = 60.0
+PREFECT_STARTUP_TIMEOUT_S = 120
+
+
+# --- MLflow ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str  # http://127.0.0.1:PORT; the only thing a client needs
+    artifact_root: Path  # where the server stores proxied artifacts (for assertions only)
+    backend_store_uri: str
+    service: Service
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    root = tmp_path_factory.mktemp("mlflow")
+    artifact_root = root / "artifacts"
+    artifact_root.mkdir()
+    backend_store_uri = f"sqlite:///{root / 'mlflow.db'}"
+    port = free_port()
+    # No --default-artifact-root: with artifact serving (the default) new experiments get
+    # mlflow-artifacts:/ locations, so uploads and downloads go through the server to
+    # --artifacts-destination. A local --default-artifact-root would make clients write to
+    # that path themselves.
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination", str(artifact_root),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    with start_service(
+        "mlflow server",
+        cmd,
+        health_url=f"http://127.0.0.1:{port}/health",
+        log_path=root / "mlflow-server.log",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        timeout=MLFLOW_STARTUP_TIMEOUT_S,
+        cwd=root,
+    ) as service:
+        yield MlflowServer(
+            uri=f"http://127.0.0.1:{port}",
+            artifact_root=artifact_root,
+            backend_store_uri=backend_store_uri,
+            service=service,
+        )
+
+
+# --- moto S3 -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MotoS3:
+    endpoint_url: str
+    service: Service
+    key: str = "testing"
+    secret: str = "testing"
+
+    @property
+    def storage_options(self) -> dict:
+        """fsspec/datasets ``storage_options`` for this endpoint (no region_name: see fs())."""
+        return {"key": self.key, "secret": self.secret, "client_kwargs": {"endpoint_url": self.endpoint_url}}
+
+    def fs(self):
+        """An s3fs filesystem on this endpoint.
+
+        Do not add ``region_name``: bucket creation then fails with InvalidLocationConstraint.
+        s3fs caches instances and directory listings; call ``fs.invalidate_cache()`` after
+        writing through another client.
+        """
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.storage_options)
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    root = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with start_service(
+        "moto_server",
+        cmd,
+        health_url=f"http://127.0.0.1:{port}/moto-api/data.json",
+        log_path=root / "moto-server.log",
+        timeout=MOTO_STARTUP_TIMEOUT_S,
+        cwd=root,
+    ) as service:
+        yield MotoS3(endpoint_url=f"http://127.0.0.1:{port}", service=service)
+
+
+# --- Prefect -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefectHarness:
+    api_url: str
+    home: Path  # PREFECT_HOME for the session
+    results_path: Path  # PREFECT_RESULTS_LOCAL_STORAGE_PATH for the session
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectHarness]:
+    """Prefect's test harness, isolated from the developer's ``~/.prefect``.
+
+    The harness only swaps the API database. Cache hits, however, are decided by the result
+    files in result storage (default ``$PREFECT_HOME/storage``), so without this fixture's
+    settings a result persisted by an earlier run on the same machine would turn a first call
+    into ``Cached``. The settings are entered before the harness so that its server subprocess
+    inherits them too.
+    """
+    import prefect.settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    results_path = home / "storage"
+    results_path.mkdir()
+    with (
+        prefect.settings.temporary_settings(
+            updates={
+                prefect.settings.PREFECT_HOME: home,
+                prefect.settings.PREFECT_RESULTS_LOCAL_STORAGE_PATH: results_path,
+                prefect.settings.PREFECT_SERVER_ANALYTICS_ENABLED: False,
+            }
+        ),
+        prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_TIMEOUT_S),
+    ):
+        yield PrefectHarness(
+            api_url=prefect.settings.PREFECT_API_URL.value(),
+            home=home,
+            results_path=results_path,
+        )
