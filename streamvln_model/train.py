@@ -1,5 +1,7 @@
 """The training worker: `torchrun --nproc_per_node=N -m streamvln_model.train <published flags>`.
 
+Also `... -m streamvln_model.train --plan plan.json`: the flags the flow's trainer stage wrote.
+
 Reads the three argument dataclasses, builds model -> tokenizer -> vision preprocessing ->
 freezing -> data -> trainer in that order (the data module needs the tokenizer and the image
 processor the tower defines), trains, and saves a full model folder that `from_pretrained` loads.
@@ -9,6 +11,7 @@ scanning the data again. With `MLFLOW_RUN_ID` set, rank 0 logs per-step metrics 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -79,7 +82,18 @@ def save_trained_model(trainer: StreamVLNTrainer, tokenizer, image_processor, ou
         image_processor.save_pretrained(output_dir)
 
 
+def worker_argv(argv: list[str]) -> list[str]:
+    """`--plan plan.json [more flags]` -> the plan's flags followed by the extra ones (which win)."""
+    if argv[:1] != ["--plan"]:
+        return argv
+    if len(argv) < 2:
+        raise SystemExit("--plan needs the path of a plan.json written by the flow")
+    plan = json.loads(Path(argv[1]).read_text())
+    return [*plan["worker_argv"], *argv[2:]]
+
+
 def train(argv: list[str] | None = None) -> None:
+    argv = worker_argv(list(sys.argv[1:] if argv is None else argv))
     model_args, data_args, training_args = parser().parse_args_into_dataclasses(args=argv)
     validate_arguments(model_args, data_args, training_args)
     _report_to(training_args)

@@ -1,0 +1,1 @@
+"""Prefect flows composed of the stage tasks in `tasks/`."""

@@ -1,0 +1,96 @@
+"""`streamvln demo`: synthetic data + tiny checkpoint through the real flow, embedded services.
+
+Prefect runs in its ephemeral mode (a temporary local server; state under <workdir>/.prefect)
+and MLflow tracks into <workdir>/mlflow.db with artifacts in <workdir>/mlartifacts, unless
+PREFECT_API_URL / MLFLOW_TRACKING_URI point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+DEMO_TRAINING = {
+    "num_train_epochs": 3,
+    "max_steps": 60,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 3e-3,
+    "mm_vision_tower_lr": None,
+    "warmup_ratio": 0.05,
+    "weight_decay": 0.0,
+    "gradient_checkpointing": False,
+    "model_max_length": 4096,
+    "save_strategy": "no",
+    "logging_steps": 1,
+}
+
+
+def configure_embedded(workdir: Path) -> None:
+    """Set before Prefect/MLflow are imported: their settings are read at import time."""
+    workdir = workdir.resolve()
+    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def ensure_experiment(name: str, artifact_root: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def loss_history(run_id: str) -> list[tuple[int, float]]:
+    """Per-step loss as MLflow stored it (what the UI plots)."""
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+    return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+
+def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0) -> dict:
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    configure_embedded(workdir)
+    from flows.train import streamvln_train
+    from streamvln_model.synthetic import write_trajectories
+    from streamvln_model.synthetic.checkpoint import write_checkpoint
+    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+
+    data, checkpoint = workdir / "data" / "synthetic_r2r", workdir / "checkpoints" / "tiny-init"
+    if not (data / "annotations.json").exists():
+        write_trajectories(data, episodes=episodes, min_steps=20, max_steps=90, seed=seed)
+    if not (checkpoint / "config.json").exists():
+        write_checkpoint(checkpoint, preset="tiny", seed=seed)
+    registry = RegistryConfig(
+        experiment_name="streamvln-demo", model_name="streamvln-demo", alias="candidate"
+    )
+    ensure_experiment(registry.experiment_name, workdir / "mlartifacts")
+    request = TrainRequest(
+        model_name_or_path=str(checkpoint),
+        video_folder=str(data),
+        output_dir=str(workdir / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")),
+        **DEMO_TRAINING,
+    )
+    result = streamvln_train(
+        request=request,
+        launch=LaunchConfig(nproc_per_node=nproc, device="cpu"),
+        registry=registry,
+        plan_root=str(workdir / "plans"),
+    )
+    losses = loss_history(result.mlflow_run_id)
+    return {
+        **result.model_dump(),
+        "first_loss": losses[0][1] if losses else None,
+        "last_loss": losses[-1][1] if losses else None,
+        "logged_steps": len(losses),
+        "mlflow_ui": f"mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}",
+        "workdir": str(workdir),
+    }

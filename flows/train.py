@@ -1,0 +1,98 @@
+"""The `streamvln-train` flow: the training flowchart, one task per stage, top to bottom.
+
+Planning stages (arguments .. data) are cheap, cached and keyed on content; the training loop
+runs in torchrun workers that read the plan; the saving stage registers the model in MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from streamvln_model.tokenizer import cache_root
+from tasks.arguments import resolve_arguments
+from tasks.data import build_data_module
+from tasks.environment import setup_environment
+from tasks.gradients import plan_gradients
+from tasks.model import plan_model
+from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+from tasks.saving import save_model
+from tasks.tokenizer import setup_tokenizer
+from tasks.tracking import close_run, log_plan, open_run, tracking_uri
+from tasks.trainer_init import init_trainer
+from tasks.training import train
+from tasks.vision import setup_vision
+
+
+class TrainFlowResult(BaseModel):
+    flow_run_id: str
+    output_dir: str
+    plan_path: str
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    model_uri: str | None = None
+    model_version: str | None = None
+    steps: int | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+
+
+def default_plan_root() -> str:
+    return str(cache_root() / "plans")
+
+
+@flow(name="streamvln-train")
+def streamvln_train(
+    request: TrainRequest,
+    launch: LaunchConfig | None = None,
+    registry: RegistryConfig | None = None,
+    plan_root: str | None = None,
+    plan_only: bool = False,
+    train_retries: int = 0,
+) -> TrainFlowResult:
+    """Train StreamVLN: plan (cached), launch torchrun, register the model in MLflow.
+
+    `plan_only` stops after Trainer Initialization: arguments, checkpoint and data are validated
+    and indexed, nothing is trained. `train_retries` relaunches a failed training, which resumes
+    from the newest checkpoint in output_dir.
+    """
+    launch = launch or LaunchConfig()
+    registry = registry or RegistryConfig()
+    plan_root = plan_root or default_plan_root()
+
+    arguments = resolve_arguments(request)
+    environment = setup_environment(arguments, launch)
+    model = plan_model(arguments)
+    tokenizer = setup_tokenizer(arguments)
+    vision = setup_vision(model)  # sizes come from the tower in the checkpoint
+    gradients = plan_gradients(arguments, model)
+    data = build_data_module(arguments, plan_root)
+    if not Path(data.index_path).is_dir():  # a cached plan whose index folder was deleted since
+        data = build_data_module.with_options(refresh_cache=True)(arguments, plan_root)
+    trainer_plan = init_trainer(arguments, environment, model, tokenizer, vision, gradients, data, launch)
+    result = TrainFlowResult(
+        flow_run_id=str(flow_run.get_id()),
+        output_dir=trainer_plan.output_dir,
+        plan_path=trainer_plan.plan_path,
+    )
+    if plan_only:
+        return result
+
+    run_id = open_run(registry.experiment_name, arguments)
+    result.mlflow_run_id, result.tracking_uri = run_id, tracking_uri()
+    succeeded = False
+    try:
+        log_plan(run_id, arguments, data, gradients, trainer_plan.plan_path)
+        trained = train.with_options(retries=train_retries)(
+            trainer_plan, run_id, result.tracking_uri, launch.timeout_s
+        )
+        saved = save_model(trained, run_id, registry)
+        succeeded = True
+    finally:
+        close_run(run_id, succeeded)
+    result.model_uri, result.model_version = saved.model_uri, saved.version
+    result.steps, result.first_loss, result.last_loss = trained.steps, trained.first_loss, trained.last_loss
+    return result

@@ -1,0 +1,79 @@
+"""What the model sees: decoded turns, learned tokens and frame files of a few samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import AutoTokenizer
+
+from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX
+from .conversation import prepare_tokenizer
+from .data.annotations import load_episodes
+from .data.index import build_index
+from .data.sampling import validate_sampling
+from .data.vln_dataset import SamplePlan, VLNActionDataset
+
+PLACEHOLDER_TEXT = {IMAGE_TOKEN_INDEX: "<image>", MEMORY_TOKEN_INDEX: "<memory>"}
+
+
+@dataclass
+class PreviewSettings:
+    num_frames: int = 32
+    num_history: int = 8
+    num_future_steps: int = 4
+
+
+def preview_plans(
+    video_folder: str, tokenizer_path: str, num: int = 3, settings: PreviewSettings | None = None
+) -> list[SamplePlan]:
+    """The first `num` samples (0 = all) exactly as the training dataset builds them."""
+    settings = settings or PreviewSettings()
+    validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    spec = prepare_tokenizer(tokenizer)
+    index, _ = build_index(
+        load_episodes(video_folder), settings.num_frames, settings.num_history, settings.num_future_steps
+    )
+    dataset = VLNActionDataset(
+        index, tokenizer, spec, image_processor=None, num_frames=settings.num_frames,
+        num_history=settings.num_history, num_future_steps=settings.num_future_steps,
+    )  # fmt: skip
+    count = len(dataset) if num == 0 else min(num, len(dataset))
+    return [dataset.plan(i) for i in range(count)]
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return "".join(PLACEHOLDER_TEXT.get(t) or tokenizer.decode([t]) for t in ids)
+
+
+def render_plan(tokenizer, plan: SamplePlan) -> str:
+    """Human view: the decoded sequence with learned spans wrapped in ⟦ ⟧."""
+    pieces, learned_run = [], []
+    for token, label in zip(plan.input_ids, plan.labels, strict=True):
+        if label != IGNORE_INDEX:
+            learned_run.append(token)
+            continue
+        if learned_run:
+            pieces.append("⟦" + _decode(tokenizer, learned_run) + "⟧")
+            learned_run = []
+        pieces.append(_decode(tokenizer, [token]))
+    if learned_run:
+        pieces.append("⟦" + _decode(tokenizer, learned_run) + "⟧")
+    header = (
+        f"episode {plan.episode_id} start {plan.start} | instruction: {plan.instruction}\n"
+        f"history frames ({len(plan.history_frames)}): {', '.join(plan.history_frames) or '-'}\n"
+        f"current frames ({len(plan.current_frames)}): {', '.join(plan.current_frames)}\n"
+    )
+    return header + "".join(pieces)
+
+
+def plan_record(plan: SamplePlan) -> dict:
+    return {
+        "episode_id": plan.episode_id,
+        "start": plan.start,
+        "instruction": plan.instruction,
+        "input_ids": plan.input_ids,
+        "labels": plan.labels,
+        "history_frames": plan.history_frames,
+        "current_frames": plan.current_frames,
+    }

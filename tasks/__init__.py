@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per flowchart stage; thin wrappers over `streamvln_model`."""

@@ -1,0 +1,43 @@
+"""Stage 4, Tokenizer Setup: load, add <image>/<memory>, check the chat template and masking."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from streamvln_model.builder import load_tokenizer
+from streamvln_model.conversation import tokenize_conversation
+from streamvln_model.data.errors import DataValidationError
+from streamvln_model.evaluation import action_token_ids
+from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.model import parsed
+from tasks.types import ResolvedArguments, TokenizerPlan
+
+
+def tokenizer_paths(inputs: dict) -> list[str]:
+    model = inputs["arguments"].model
+    return [model.get("tokenizer_name_or_path") or model["model_name_or_path"]]
+
+
+@task(
+    name="tokenizer-setup",
+    cache_policy=planning_policy(tokenizer_paths),
+    persist_result=True,
+    cache_expiration=PLAN_CACHE_EXPIRATION,
+)
+def setup_tokenizer(arguments: ResolvedArguments) -> TokenizerPlan:
+    model_args, _, _ = parsed(arguments)
+    tokenizer, spec = load_tokenizer(model_args)
+    try:
+        action_token_ids(tokenizer)
+        probe = [{"from": "human", "value": "<image>."}, {"from": "gpt", "value": "↑STOP"}]
+        tokenize_conversation(tokenizer, spec, probe)
+    except (ValueError, KeyError) as err:
+        path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+        raise DataValidationError([f"{path}: tokenizer unusable for navigation ({err})"]) from err
+    return TokenizerPlan(
+        path=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        vocab_size=len(tokenizer),
+        image_token_id=spec.image_token_id,
+        memory_token_id=spec.memory_token_id,
+        always_learned=sorted(spec.always_learned),
+    )

@@ -1,0 +1,61 @@
+"""MLflow bookkeeping around the stages: one run per flow run, params, artifacts."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from prefect import task
+from prefect.runtime import flow_run
+
+from tasks.types import DataPlan, GradientPlan, ResolvedArguments
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+@task(name="open-mlflow-run")
+def open_run(experiment_name: str, arguments: ResolvedArguments) -> str:
+    """Create the run the workers report into (left RUNNING); params = the resolved arguments."""
+    experiment = mlflow.set_experiment(experiment_name)
+    tags = {
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "prefect.flow_run_name": str(flow_run.get_name() or ""),
+    }
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment.experiment_id, run_name=flow_run.get_name(), tags=tags)
+    params = {f"model.{k}": v for k, v in arguments.model.items()}
+    params |= {f"data.{k}": v for k, v in arguments.data.items()}
+    params |= {f"training.{k}": v for k, v in arguments.training.items()}
+    entries = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(entries), 100):  # the tracking API takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=entries[i : i + 100])
+    return run.info.run_id
+
+
+def close_run(run_id: str, succeeded: bool) -> None:
+    mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
+
+
+@task(name="log-plan-artifacts")
+def log_plan(
+    run_id: str, arguments: ResolvedArguments, data: DataPlan, gradients: GradientPlan, plan_path: str
+) -> None:
+    """Resolved config, data summary (lineage: sources + content fingerprint) and the worker plan."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "resolved_arguments.json").write_text(
+            json.dumps(arguments.model_dump(), indent=2, default=str)
+        )
+        (folder / "data_summary.json").write_text(json.dumps(data.model_dump(), indent=2))
+        (folder / "parameter_counts.json").write_text(json.dumps(gradients.model_dump(), indent=2))
+        client = mlflow.MlflowClient()
+        client.log_artifacts(run_id, str(folder), artifact_path="plan")
+        client.log_artifact(run_id, plan_path, artifact_path="plan")
+        client.set_tag(run_id, "data.fingerprint", data.fingerprint)
+        client.set_tag(run_id, "data.sources", ",".join(data.summary["sources"]))
+        client.log_metric(run_id, "data.samples", data.summary["samples"])
+        client.log_metric(run_id, "model.trainable_parameters", gradients.counts["trainable"])

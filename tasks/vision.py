@@ -1,0 +1,31 @@
+"""Stage 5, Vision Tower Setup: tower sizes, image preprocessing, visual tokens per frame."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from streamvln_model.configuration import StreamVLNConfig
+from streamvln_model.vision import resolve_vision_config, tokens_per_frame
+from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.types import ModelPlan, VisionPlan
+
+
+@task(
+    name="vision-tower-setup",
+    cache_policy=planning_policy(),
+    persist_result=True,
+    cache_expiration=PLAN_CACHE_EXPIRATION,
+)
+def setup_vision(model_plan: ModelPlan) -> VisionPlan:
+    config = StreamVLNConfig.from_dict(model_plan.config)
+    tower = resolve_vision_config(config)
+    side = tower.image_size // tower.patch_size
+    stride, mode = config.mm_spatial_pool_stride, config.mm_spatial_pool_mode
+    return VisionPlan(
+        image_size=tower.image_size,
+        patch_size=tower.patch_size,
+        patches_per_side=side,
+        tokens_per_frame=tokens_per_frame(side, stride, mode),
+        pool_mode=mode,
+        pool_stride=stride,
+    )
