@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
 # Public SigLIP towers used by LLaVA-Video / StreamVLN, as stored in those checkpoints
 # (27 layers upstream, 26 kept). Source: the towers' config.json on the Hugging Face hub.
@@ -117,10 +117,10 @@ def pool_2d(features: torch.Tensor, grid: int, stride: int, mode: str) -> torch.
     return x.permute(0, 2, 3, 1).reshape(frames, -1, dim)
 
 
-def build_image_processor(vision_config: SiglipVisionConfig) -> SiglipImageProcessor:
-    """SigLIP preprocessing at the tower's own resolution: bicubic resize, 1/255, mean=std=0.5."""
+def build_image_processor(vision_config: SiglipVisionConfig) -> SiglipImageProcessorPil:
+    """SigLIP preprocessing at the tower's own resolution (Pillow backend: no torchvision here)."""
     size = vision_config.image_size
-    return SiglipImageProcessor(
+    return SiglipImageProcessorPil(
         size={"height": size, "width": size},
         resample=3,  # PIL.Image.BICUBIC
         do_rescale=True,

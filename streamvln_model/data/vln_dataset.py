@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedTokenizerBase, SiglipImageProcessor
+from transformers import PreTrainedTokenizerBase, SiglipImageProcessorPil
 
 from ..conversation import TokenSpec, tokenize_conversation
 from .images import preprocess_frames
@@ -40,7 +40,7 @@ class VLNActionDataset(Dataset):
         index: datasets.Dataset,
         tokenizer: PreTrainedTokenizerBase,
         token_spec: TokenSpec,
-        image_processor: SiglipImageProcessor,
+        image_processor: SiglipImageProcessorPil,
         num_frames: int = 32,
         num_history: int = 8,
         num_future_steps: int = 4,
