@@ -36,6 +36,7 @@ class TrainFlowResult(BaseModel):
     model_uri: str | None = None
     model_version: str | None = None
     steps: int | None = None
+    world_size: int | None = None
     first_loss: float | None = None
     last_loss: float | None = None
 
@@ -94,5 +95,6 @@ def streamvln_train(
     finally:
         close_run(run_id, succeeded)
     result.model_uri, result.model_version = saved.model_uri, saved.version
-    result.steps, result.first_loss, result.last_loss = trained.steps, trained.first_loss, trained.last_loss
+    result.steps, result.world_size = trained.steps, trained.world_size
+    result.first_loss, result.last_loss = trained.first_loss, trained.last_loss
     return result

@@ -9,6 +9,8 @@ be downloaded and loaded with `StreamVLNForCausalLM.from_pretrained`.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -35,16 +37,38 @@ class StreamVLNPyfunc(mlflow.pyfunc.PythonModel):
         return results
 
 
+# What `from_pretrained` needs; trainer state, logs and intermediate checkpoints stay behind.
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer*",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+
+
+def stage_model_files(checkpoint: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for pattern in MODEL_FILE_PATTERNS:
+        for path in Path(checkpoint).glob(pattern):
+            shutil.copy2(path, target / path.name)
+    return target
+
+
 def log_checkpoint_model(checkpoint: str | Path, run_id: str, name: str = "model"):
-    """Log the folder as a pyfunc model into `run_id` (left in its state); returns the ModelInfo."""
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=StreamVLNPyfunc(),
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
-            pip_requirements=["streamvln-pipeline", "torch==2.13.0"],
-        )
-    return info
+    """Log the model folder as a pyfunc model into `run_id`; returns mlflow's ModelInfo."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = stage_model_files(Path(checkpoint), Path(tmp) / CHECKPOINT_ARTIFACT)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=StreamVLNPyfunc(),
+                artifacts={CHECKPOINT_ARTIFACT: str(staged)},
+                pip_requirements=["streamvln-pipeline", "torch==2.13.0"],
+            )
 
 
 def checkpoint_path(downloaded_model_dir: str | Path) -> Path:

@@ -180,12 +180,13 @@ class StreamVLNForCausalLM(Qwen2ForCausalLM):
     ) -> CausalLMOutputWithPast:
         """Keeps the published call signature; depths/poses/intrinsics/task_ids are accepted and unused."""
         kwargs.pop("task_type", None)
+        cache = kwargs.pop("cache", None) or past_key_values  # transformers 5 name / published name
         if inputs_embeds is None and images is not None:
             inputs_embeds, attention_mask, position_ids, labels = self.prepare_multimodal_inputs(
                 input_ids, attention_mask, labels, images, time_ids
             )
             input_ids = None
-        if self.training and labels is not None and past_key_values is None and not output_hidden_states:
+        if self.training and labels is not None and cache is None and not output_hidden_states:
             return self._labelled_positions_loss(
                 input_ids, attention_mask, position_ids, inputs_embeds, labels, **kwargs
             )
@@ -197,7 +198,7 @@ class StreamVLNForCausalLM(Qwen2ForCausalLM):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,

@@ -29,11 +29,10 @@ def preview_plans(
     """The first `num` samples (0 = all) exactly as the training dataset builds them."""
     settings = settings or PreviewSettings()
     validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
+    episodes = load_episodes(video_folder)  # bad data fails before the tokenizer load
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     spec = prepare_tokenizer(tokenizer)
-    index, _ = build_index(
-        load_episodes(video_folder), settings.num_frames, settings.num_history, settings.num_future_steps
-    )
+    index, _ = build_index(episodes, settings.num_frames, settings.num_history, settings.num_future_steps)
     dataset = VLNActionDataset(
         index, tokenizer, spec, image_processor=None, num_frames=settings.num_frames,
         num_history=settings.num_history, num_future_steps=settings.num_future_steps,

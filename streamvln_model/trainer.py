@@ -52,7 +52,12 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            record = {"step": state.global_step, "max_steps": state.max_steps, **_numeric(logs)}
+            record = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "world_size": args.world_size,
+                **_numeric(logs),
+            }
             sys.stdout.write(PROGRESS_PREFIX + json.dumps(record) + "\n")
             sys.stdout.flush()
 

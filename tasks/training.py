@@ -86,6 +86,7 @@ def train(
     return TrainResult(
         output_dir=plan.output_dir,
         steps=max((int(r["step"]) for r in progress), default=0),
+        world_size=max((int(r["world_size"]) for r in progress), default=0),
         first_loss=losses[0][1] if losses else None,
         last_loss=losses[-1][1] if losses else None,
         losses=losses,

@@ -70,6 +70,7 @@ class TrainerPlan(BaseModel):
 class TrainResult(BaseModel):
     output_dir: str
     steps: int
+    world_size: int
     first_loss: float | None
     last_loss: float | None
     losses: list[tuple[int, float]]

@@ -167,3 +167,22 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefec
             home=home,
             results_path=results_path,
         )
+
+
+# --- Synthetic inputs shared by the flow / CLI tests (read-only: copy before editing) ----------
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny StreamVLN checkpoint (~8 s to write), shared by the whole session."""
+    from streamvln_model.synthetic.checkpoint import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic episodes (20-70 steps) in the published layout; copy it before editing."""
+    from streamvln_model.synthetic import write_trajectories
+
+    out = tmp_path_factory.mktemp("synthetic_data") / "data"
+    write_trajectories(out, episodes=6, min_steps=20, max_steps=70)
+    return out

@@ -1,0 +1,122 @@
+"""The `streamvln` console script, run as a real subprocess (offline), on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from streamvln_model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from tests.helpers import read_annotations
+
+STREAMVLN = Path(sys.executable).parent / "streamvln"
+NUM_FRAMES, NUM_HISTORY, NUM_FUTURE = 32, 8, 4
+
+
+def streamvln(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(STREAMVLN), *map(str, args)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_synth_trajectories_writes_the_published_layout(tmp_path):
+    out = tmp_path / "traj"
+    args = ("--episodes", 3, "--min-steps", 20, "--max-steps", 70, "--image-size", 64, 48, "--seed", 1)
+    done = streamvln("synth", "trajectories", out, *args)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote 3 episodes" in done.stdout
+    episodes = read_annotations(out)
+    assert len(episodes) == 3
+    for episode in episodes:
+        assert 20 <= len(episode["actions"]) <= 70
+        frames = sorted((out / episode["video"] / "rgb").iterdir())
+        assert len(frames) == len(episode["actions"])
+        with Image.open(frames[0]) as image:
+            assert image.size == (64, 48)
+
+    before = _files(out)
+    again = streamvln("synth", "trajectories", out, *args)
+    assert again.returncode == 2
+    assert "annotations.json already exists" in again.stderr and "Traceback" not in again.stderr
+    assert _files(out) == before
+
+
+def test_synth_checkpoint_writes_a_loadable_folder_and_never_overwrites(tmp_path):
+    out = tmp_path / "ckpt"
+    done = streamvln("synth", "checkpoint", out)
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "tokenizer_config.json"} <= names
+    assert names & {"tokenizer.json", "vocab.json"}
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["StreamVLNForCausalLM"]
+
+    before = _files(out)
+    again = streamvln("synth", "checkpoint", out)
+    assert again.returncode == 2
+    assert f"streamvln synth: error: {out} exists and is not empty" in again.stderr
+    assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert _files(out) == before
+
+
+def _expected_samples(data: Path) -> list[tuple[str, str, int]]:
+    """(episode id, instruction, chunk start) of every sample, in index order."""
+    return [
+        (str(episode["id"]), instruction, start)
+        for episode in read_annotations(data)
+        for instruction in episode["instructions"]
+        for start in range(0, len(episode["actions"]), NUM_FRAMES)
+    ]
+
+
+def test_data_preview_json_lists_every_sample(synthetic_data, tiny_checkpoint):
+    done = streamvln("data", "preview", "--video_folder", synthetic_data, "--tokenizer", tiny_checkpoint,
+                     "--num", 0, "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    expected = _expected_samples(synthetic_data)
+    assert [(r["episode_id"], r["instruction"], r["start"]) for r in records] == expected
+    videos = {str(e["id"]): synthetic_data / e["video"] / "rgb" for e in read_annotations(synthetic_data)}
+    assert any(r["history_frames"] for r in records), "6 episodes of 20-70 steps include a second chunk"
+    for record in records:
+        assert {"input_ids", "labels", "history_frames", "current_frames", "instruction"} <= set(record)
+        assert len(record["input_ids"]) == len(record["labels"])
+        assert any(label != IGNORE_INDEX for label in record["labels"])
+        assert len(record["history_frames"]) == (0 if record["start"] == 0 else NUM_HISTORY)
+        assert record["current_frames"] and len(record["current_frames"]) <= NUM_FRAMES // NUM_FUTURE
+        for frame in record["history_frames"] + record["current_frames"]:
+            assert Path(frame).is_file() and Path(frame).parent == videos[record["episode_id"]].resolve()
+        assert record["input_ids"].count(IMAGE_TOKEN_INDEX) == len(record["current_frames"])
+
+
+def test_data_preview_text_shows_instruction_and_learned_spans(synthetic_data, tiny_checkpoint):
+    done = streamvln("data", "preview", "--video_folder", synthetic_data, "--tokenizer", tiny_checkpoint,
+                     "--num", 2)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first_instruction = read_annotations(synthetic_data)[0]["instructions"][0]
+    assert f"instruction: {first_instruction}" in done.stdout
+    assert done.stdout.count("| instruction: ") == 2
+    assert "⟦" in done.stdout and "⟧" in done.stdout
+    assert "<image>" in done.stdout
+
+
+def test_bad_input_exits_2_naming_the_file(tmp_path, tiny_checkpoint):
+    source = tmp_path / "no_annotations"
+    (source / "images").mkdir(parents=True)
+    done = streamvln("data", "preview", "--video_folder", source, "--tokenizer", tiny_checkpoint, "--json")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"{source.resolve()}/annotations.json: missing" in done.stderr
+    assert done.stderr.startswith("streamvln data: error: 1 data problem(s)")
+    assert "Traceback" not in done.stderr and done.stdout == ""

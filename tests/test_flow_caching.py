@@ -1,0 +1,108 @@
+"""Planning stages are cached on content: unchanged inputs hit, an edited annotations file re-indexes.
+
+Real Prefect runs (test harness server), real files; `plan_only=True` stops before torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.train import streamvln_train
+from tasks.parameters import LaunchConfig, TrainRequest
+from tests.helpers import copy_dataset, read_annotations, task_states, write_annotations
+
+DATA_INDEPENDENT = (
+    "parse-arguments",
+    "initialize-environment",
+    "model-setup",
+    "tokenizer-setup",
+    "vision-tower-setup",
+    "gradient-configuration",
+)
+PLANNING = (*DATA_INDEPENDENT, "data-module")
+
+
+def _plan(request: TrainRequest, plan_root: Path):
+    """One plan-only flow run; returns (result, task name -> state names)."""
+    state = streamvln_train(
+        request=request,
+        launch=LaunchConfig(device="cpu"),
+        plan_root=str(plan_root),
+        plan_only=True,
+        return_state=True,
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    return result, task_states(state.state_details.flow_run_id)
+
+
+@pytest.fixture
+def setup(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
+    data = copy_dataset(synthetic_data, tmp_path / "data")
+    request = TrainRequest(
+        model_name_or_path=str(tiny_checkpoint), video_folder=str(data), output_dir=str(tmp_path / "out")
+    )
+    return request, data, tmp_path / "plans"
+
+
+def test_second_run_is_cached_and_edited_annotations_reindex(setup):
+    request, data, plan_root = setup
+
+    first, states = _plan(request, plan_root)
+    assert {name: states[name] for name in PLANNING} == {name: ["Completed"] for name in PLANNING}
+    assert states["trainer-initialization"] == ["Completed"]
+
+    second, states = _plan(request, plan_root)
+    assert {name: states[name] for name in PLANNING} == {name: ["Cached"] for name in PLANNING}
+    assert states["trainer-initialization"] == ["Completed"]  # not cached: it looks for checkpoints
+    first_plan = json.loads(Path(first.plan_path).read_text())
+    assert json.loads(Path(second.plan_path).read_text())["data"] == first_plan["data"]
+
+    # Edit one instruction in place: only the stage that reads the data runs again.
+    episodes = read_annotations(data)
+    episodes[0]["instructions"][0] = "Walk to the red door and stop."
+    write_annotations(data, episodes)
+    third, states = _plan(request, plan_root)
+    assert {name: states[name] for name in DATA_INDEPENDENT} == {n: ["Cached"] for n in DATA_INDEPENDENT}
+    assert states["data-module"] == ["Completed"]
+    edited_plan = json.loads(Path(third.plan_path).read_text())
+    assert edited_plan["data"]["fingerprint"] != first_plan["data"]["fingerprint"]
+    assert edited_plan["data"]["index_path"] != first_plan["data"]["index_path"]
+    assert Path(edited_plan["data"]["index_path"]).is_dir()
+
+    from datasets import load_from_disk
+
+    index = load_from_disk(edited_plan["data"]["index_path"])
+    assert "Walk to the red door and stop." in set(index["instruction"])
+
+
+def test_deleted_index_folder_is_rebuilt(setup):
+    request, _, plan_root = setup
+    first, _ = _plan(request, plan_root)
+    index_path = Path(json.loads(Path(first.plan_path).read_text())["data"]["index_path"])
+    shutil.rmtree(index_path)
+
+    second, states = _plan(request, plan_root)
+    # The cached plan points at a missing folder, so the flow refreshes the data stage.
+    assert states["data-module"] == ["Cached", "Completed"]
+    assert json.loads(Path(second.plan_path).read_text())["data"]["index_path"] == str(index_path)
+    assert index_path.is_dir() and (index_path / "summary.json").is_file()
+
+
+def test_plan_json_carries_the_worker_command(setup):
+    request, _, plan_root = setup
+    result, _ = _plan(request, plan_root)
+    plan = json.loads(Path(result.plan_path).read_text())
+    argv = plan["worker_argv"]
+    flags = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert flags["--data_index"] == plan["data"]["index_path"]
+    assert Path(flags["--data_index"]).is_dir()
+    assert flags["--use_cpu"] == "true"
+    assert flags["--ddp_backend"] == "gloo"
+    assert flags["--output_dir"] == str((Path(request.output_dir)).resolve())
+    assert flags["--num_history"] == "8"
+    assert plan["environment"]["device"] == "cpu"
