@@ -59,6 +59,27 @@ def _demo(args) -> None:
         print(json.dumps(result))
 
 
+def _train(args) -> None:
+    import yaml
+
+    from flows.train import streamvln_train
+    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+
+    config = yaml.safe_load(Path(args.config).read_text()) or {}
+    unknown = set(config) - {"request", "launch", "registry"}
+    if unknown:
+        raise ValueError(
+            f"{args.config}: unknown section(s) {sorted(unknown)}; use request, launch, registry"
+        )
+    result = streamvln_train(
+        request=TrainRequest(**config.get("request", {})),
+        launch=LaunchConfig(**config.get("launch", {})),
+        registry=RegistryConfig(**config.get("registry", {})),
+        plan_only=args.plan_only,
+    )
+    print(result.model_dump_json(indent=None if args.json else 2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvln", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--num_future_steps", type=int, default=4)
     preview.set_defaults(run=_data_preview)
 
+    run = commands.add_parser("train", help="run the streamvln-train flow from a YAML config (see configs/)")
+    run.add_argument("config")
+    run.add_argument("--plan-only", action="store_true", help="validate and plan; do not train")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(run=_train)
+
     demo = commands.add_parser("demo", help="train a tiny model on synthetic data through the real flow")
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
@@ -109,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileExistsError) as err:  # bad input: a clear message, no traceback
+    except (ValueError, FileExistsError, OSError) as err:  # bad input: a clear message, no traceback
         print(f"streamvln {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -39,10 +39,11 @@ def resolve_vision_config(config) -> SiglipVisionConfig:
         return SiglipVisionConfig(**{**config.vision_config, "vision_use_head": False})
     tower = config.mm_vision_tower
     if tower and (Path(tower) / "config.json").is_file():
-        # A full SigLIP checkpoint on disk: the LLaVA loader drops its last layer.
+        # A full SigLIP checkpoint on disk: the LLaVA loader drops its last layer. Hub configs list
+        # only non-default fields, so a missing depth means SigLIP's own default, not so400m's 27.
         raw = json.loads((Path(tower) / "config.json").read_text())
         raw = raw.get("vision_config", raw)
-        raw["num_hidden_layers"] = raw.get("num_hidden_layers", 27) - 1
+        raw["num_hidden_layers"] = raw.get("num_hidden_layers", SiglipVisionConfig().num_hidden_layers) - 1
         return SiglipVisionConfig(**{**raw, "vision_use_head": False})
     for name, sizes in KNOWN_TOWERS.items():
         if tower and (tower == name or tower.rstrip("/").endswith(name.split("/")[-1])):

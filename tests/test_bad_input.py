@@ -132,7 +132,7 @@ def test_load_episodes_reports_every_problem_at_once(synthetic_data, tmp_path):
         f"{annotations}: episode #0 (id=0) field 'actions'[3] = 9",
         f"{annotations}: episode #1 (id=1) field 'instructions'",
         f"{annotations}: episode #2 (id=2): missing field(s) 'video'",
-        f"{annotations}: episode #3 (id=3) field 'video': frame folder {data}/images/nowhere/rgb does not exist",
+        f"{annotations}: episode #3 (id=3) field 'video': frame folder {data / 'images/nowhere/rgb'} does",
         f"{annotations}: episode #4 (id=4) field 'actions' has",
         f"{missing.resolve()}/annotations.json: missing",
     ]
@@ -174,7 +174,7 @@ def test_write_checkpoint_never_overwrites(tiny_checkpoint, tmp_path):
 def test_write_trajectories_refuses_an_existing_dataset(synthetic_data, tmp_path):
     data = copy_dataset(synthetic_data, tmp_path / "data")
     before = _snapshot(data)
-    with pytest.raises(ValueError, match="annotations.json already exists"):
+    with pytest.raises(ValueError, match=r"annotations\.json already exists"):
         write_trajectories(data, episodes=2, min_steps=20, max_steps=30, seed=5)
     assert _snapshot(data) == before
     assert json.loads((data / "annotations.json").read_text()) == read_annotations(synthetic_data)

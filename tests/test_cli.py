@@ -37,7 +37,7 @@ def test_synth_trajectories_writes_the_published_layout(tmp_path):
     args = ("--episodes", 3, "--min-steps", 20, "--max-steps", 70, "--image-size", 64, 48, "--seed", 1)
     done = streamvln("synth", "trajectories", out, *args)
     assert done.returncode == 0, done.stderr
-    assert f"wrote 3 episodes" in done.stdout
+    assert "wrote 3 episodes" in done.stdout
     episodes = read_annotations(out)
     assert len(episodes) == 3
     for episode in episodes:

@@ -140,14 +140,17 @@ def frame_paths(source: Path, episode: str, steps: list[int]) -> list[str]:
 
 def expected_groups(actions: list[int], start: int) -> list[str]:
     """Hand rule: targets = actions[1:] + [STOP], steps start..min(start+F, L)-1, cut into K's."""
-    targets = actions[1:] + [0]
+    targets = [*actions[1:], 0]
     chunk = targets[start : min(start + F, len(actions))]
     return ["".join(SYMBOLS[a] for a in chunk[i : i + K]) for i in range(0, len(chunk), K)]
 
 
 def chatml_expectation(tok, messages: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
     """Tokenise each ChatML message string on its own and build the qwen_1_5 label mask by hand."""
-    placeholders = {tok.convert_tokens_to_ids("<image>"): IMAGE, tok.convert_tokens_to_ids("<memory>"): MEMORY}
+    placeholders = {
+        tok.convert_tokens_to_ids("<image>"): IMAGE,
+        tok.convert_tokens_to_ids("<memory>"): MEMORY,
+    }
     ids: list[int] = []
     labels: list[int] = []
     for role, content in messages:
@@ -357,7 +360,9 @@ def test_33_entries_second_sample_is_a_single_stop_turn(built, source, tokenizer
     assert plan.input_ids.count(MEMORY) == 1
     expected = expected_conversation(plan.conversation, INSTRUCTION, ["STOP"], history=True)
     check_tokens_and_labels(tok, plan, expected)
-    assert assistant_blocks(plan.input_ids, plan.labels) == [[IM_START, ASSISTANT, NEWLINE, 50669, IM_END, 198]]
+    assert assistant_blocks(plan.input_ids, plan.labels) == [
+        [IM_START, ASSISTANT, NEWLINE, 50669, IM_END, 198]
+    ]
     assert dataset[row_of(dataset, "33", 32)]["images"].shape == (9, 3, TOWER_PX, TOWER_PX)
 
 
@@ -414,7 +419,9 @@ def test_collator_pads_and_keeps_frame_stacks(built, tokenizer, side: str) -> No
     items = [dataset[row_of(dataset, "70", 32)], dataset[row_of(dataset, "33", 32)]]
     lengths = [len(x["input_ids"]) for x in items]
     assert lengths[0] > lengths[1]
-    collator = DataCollatorForNavigation(pad_token_id=tok.pad_token_id, model_max_length=4096, padding_side=side)
+    collator = DataCollatorForNavigation(
+        pad_token_id=tok.pad_token_id, model_max_length=4096, padding_side=side
+    )
     batch = collator(items)
     longest = lengths[0]
     assert batch["input_ids"].shape == (2, longest)

@@ -41,7 +41,7 @@ def _plan(request: TrainRequest, plan_root: Path):
 
 
 @pytest.fixture
-def setup(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
+def inputs(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
     data = copy_dataset(synthetic_data, tmp_path / "data")
     request = TrainRequest(
         model_name_or_path=str(tiny_checkpoint), video_folder=str(data), output_dir=str(tmp_path / "out")
@@ -49,8 +49,8 @@ def setup(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
     return request, data, tmp_path / "plans"
 
 
-def test_second_run_is_cached_and_edited_annotations_reindex(setup):
-    request, data, plan_root = setup
+def test_second_run_is_cached_and_edited_annotations_reindex(inputs):
+    request, data, plan_root = inputs
 
     first, states = _plan(request, plan_root)
     assert {name: states[name] for name in PLANNING} == {name: ["Completed"] for name in PLANNING}
@@ -80,8 +80,8 @@ def test_second_run_is_cached_and_edited_annotations_reindex(setup):
     assert "Walk to the red door and stop." in set(index["instruction"])
 
 
-def test_deleted_index_folder_is_rebuilt(setup):
-    request, _, plan_root = setup
+def test_deleted_index_folder_is_rebuilt(inputs):
+    request, _, plan_root = inputs
     first, _ = _plan(request, plan_root)
     index_path = Path(json.loads(Path(first.plan_path).read_text())["data"]["index_path"])
     shutil.rmtree(index_path)
@@ -93,12 +93,13 @@ def test_deleted_index_folder_is_rebuilt(setup):
     assert index_path.is_dir() and (index_path / "summary.json").is_file()
 
 
-def test_plan_json_carries_the_worker_command(setup):
-    request, _, plan_root = setup
+def test_plan_json_carries_the_worker_command(inputs):
+    request, _, plan_root = inputs
     result, _ = _plan(request, plan_root)
     plan = json.loads(Path(result.plan_path).read_text())
     argv = plan["worker_argv"]
     flags = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert len(flags) == len(argv) // 2, argv  # every flag once
     assert flags["--data_index"] == plan["data"]["index_path"]
     assert Path(flags["--data_index"]).is_dir()
     assert flags["--use_cpu"] == "true"

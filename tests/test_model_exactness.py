@@ -116,7 +116,9 @@ def block_pool(features: torch.Tensor, grid: int, reduce: str) -> torch.Tensor:
     return x.reshape(frames, half * half, dim)
 
 
-def reference_features(model: StreamVLNForCausalLM, frames: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
+def reference_features(
+    model: StreamVLNForCausalLM, frames: torch.Tensor, reduce: str = "mean"
+) -> torch.Tensor:
     """Penultimate SigLIP features (the stored tower's last hidden state, no post_layernorm),
     projected by Linear-GELU-Linear and pooled 2x2 by hand."""
     siglip = model.model.vision_tower.vision_tower.vision_model
@@ -170,7 +172,15 @@ def test_frames_are_routed_to_memory_and_images_in_order() -> None:
         ]
     )
     expected_1 = torch.cat(
-        [table[[11]], one(second[0:1]), table[[12]], one(second[1:2]), table[[13]], one(second[2:3]), table[[14]]]
+        [
+            table[[11]],
+            one(second[0:1]),
+            table[[12]],
+            one(second[1:2]),
+            table[[13]],
+            one(second[2:3]),
+            table[[14]],
+        ]
     )
     torch.testing.assert_close(embeds[0], expected_0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(embeds[1, :16], expected_1, rtol=1e-5, atol=1e-6)
@@ -244,9 +254,13 @@ def test_truncation_to_tokenizer_model_max_length() -> None:
 def test_frame_count_mismatch_raises() -> None:
     model = tiny_model()
     input_ids, attention_mask, labels, images = batch()
-    with pytest.raises(ValueError, match=r"sample 0: 2 <image> and 1 <memory> placeholders need 4 frames.*got 3"):
+    with pytest.raises(
+        ValueError, match=r"sample 0: 2 <image> and 1 <memory> placeholders need 4 frames.*got 3"
+    ):
         model.prepare_multimodal_inputs(input_ids, attention_mask, labels, [images[0][:3], images[1]])
-    with pytest.raises(ValueError, match=r"sample 1: 3 <image> and 0 <memory> placeholders need 3 frames.*got 4"):
+    with pytest.raises(
+        ValueError, match=r"sample 1: 3 <image> and 0 <memory> placeholders need 3 frames.*got 4"
+    ):
         model.prepare_multimodal_inputs(input_ids, attention_mask, labels, [images[0], images[0]])
     with pytest.raises(ValueError, match=r"1 frame stacks for a batch of 2"):
         model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images[:1])
@@ -271,6 +285,7 @@ def test_pool_modes_token_counts(image_size: int, mode: str, expected: int) -> N
     input_ids, attention_mask, labels, images = batch(image_size)
     assert model.encode_frames(images[1]).shape == (3, expected, HIDDEN)
     embeds, mask, _, new_labels = model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
+    assert embeds.shape == (2, 6 + 4 * expected, HIDDEN)
     assert mask.sum(dim=1).tolist() == [6 + 4 * expected, 4 + 3 * expected]
     assert new_labels.tolist()[0] == spliced_labels(expected)[0]
 
@@ -477,7 +492,12 @@ def test_published_style_config_loads(tmp_path: Path, model_type: str, architect
 # --- Vision tower config -------------------------------------------------------------------------
 def test_local_siglip_folder_drops_the_last_layer(tmp_path: Path) -> None:
     SiglipVisionConfig(
-        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, image_size=42, patch_size=14
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=42,
+        patch_size=14,
     ).save_pretrained(tmp_path / "siglip-vision")
     SiglipConfig(
         vision_config={
@@ -490,10 +510,29 @@ def test_local_siglip_folder_drops_the_last_layer(tmp_path: Path) -> None:
         }
     ).save_pretrained(tmp_path / "siglip-full")
     vision = resolve_vision_config(StreamVLNConfig(mm_vision_tower=str(tmp_path / "siglip-vision")))
-    assert (vision.num_hidden_layers, vision.hidden_size, vision.image_size, vision.patch_size) == (2, 24, 42, 14)
+    assert (vision.num_hidden_layers, vision.hidden_size, vision.image_size, vision.patch_size) == (
+        2,
+        24,
+        42,
+        14,
+    )
     assert vision.vision_use_head is False
     full = resolve_vision_config(StreamVLNConfig(mm_vision_tower=str(tmp_path / "siglip-full")))
     assert (full.num_hidden_layers, full.hidden_size, full.image_size) == (4, 24, 70)
+    # Hub configs list only non-default fields: no depth means SigLIP's default of 12 -> 11 kept.
+    hub = tmp_path / "siglip-hub"
+    hub.mkdir()
+    (hub / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "siglip",
+                "text_config": {"model_type": "siglip_text_model"},
+                "vision_config": {"model_type": "siglip_vision_model", "image_size": 28, "patch_size": 14},
+            }
+        )
+    )
+    from_hub = resolve_vision_config(StreamVLNConfig(mm_vision_tower=str(hub)))
+    assert (from_hub.num_hidden_layers, from_hub.hidden_size, from_hub.image_size) == (11, 768, 28)
     # A model built from such a config has N-1 tower layers and the folder's grid (42 / 14 = 3 -> 2x2).
     torch.manual_seed(0)
     model = StreamVLNForCausalLM(

@@ -1,0 +1,1 @@
+"""Prefect deployments of the flows (work pools, schedules, UI-triggered runs)."""
