@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from streamvln_model.arguments import parser
 from streamvln_model.builder import validate_arguments
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.parameters import TrainRequest
 from tasks.types import ResolvedArguments
 
@@ -15,12 +13,7 @@ def _flag_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-@task(
-    name="parse-arguments",
-    cache_policy=planning_policy(),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("parse-arguments")
 def resolve_arguments(request: TrainRequest) -> ResolvedArguments:
     """HfArgumentParser validates types and names exactly as the worker will; then semantic checks."""
     flags = request.flags()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from streamvln_model.data.annotations import load_episodes, split_folders
 from streamvln_model.data.index import build_index, save_index
 from streamvln_model.fingerprint import fingerprint
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.types import DataPlan, ResolvedArguments
 
 
@@ -44,12 +44,7 @@ def _summary_markdown(summary: dict) -> str:
     return f"# Navigation data\n\n| field | value |\n|---|---|\n{rows}\n\nTarget actions: {actions}\n"
 
 
-@task(
-    name="data-module",
-    cache_policy=planning_policy(_data_paths),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("data-module", reads=_data_paths)
 def build_data_module(arguments: ResolvedArguments, plan_root: str) -> DataPlan:
     sources = _sources(arguments)
     content = fingerprint(sources)

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from streamvln_model.data.errors import DataValidationError
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.parameters import LaunchConfig
 from tasks.types import EnvironmentPlan, ResolvedArguments
 
@@ -19,12 +19,7 @@ def _deepspeed_paths(inputs: dict) -> list[str]:
     return [launch.deepspeed] if launch.deepspeed else []
 
 
-@task(
-    name="initialize-environment",
-    cache_policy=planning_policy(_deepspeed_paths),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("initialize-environment", reads=_deepspeed_paths)
 def setup_environment(arguments: ResolvedArguments, launch: LaunchConfig) -> EnvironmentPlan:
     """On a CPU-only host torchrun needs `--use_cpu --ddp_backend gloo` for real DDP (STACK.md)."""
     device = launch.device

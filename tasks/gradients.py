@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from streamvln_model.builder import meta_model
 from streamvln_model.configuration import StreamVLNConfig
 from streamvln_model.freezing import apply_freezing, trainable_parts
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import GradientPlan, ModelPlan, ResolvedArguments
 
 
-@task(
-    name="gradient-configuration",
-    cache_policy=planning_policy(),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("gradient-configuration")
 def plan_gradients(arguments: ResolvedArguments, model_plan: ModelPlan) -> GradientPlan:
     model_args, _, training_args = parsed(arguments)
     parts = trainable_parts(model_args, training_args)

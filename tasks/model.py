@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from streamvln_model.arguments import DataArguments, ModelArguments
 from streamvln_model.builder import check_checkpoint, meta_model, model_config
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.types import ModelPlan, ResolvedArguments
 
 
@@ -25,12 +25,7 @@ def checkpoint_paths(inputs: dict) -> list[str]:
     return [inputs["arguments"].model["model_name_or_path"]]
 
 
-@task(
-    name="model-setup",
-    cache_policy=planning_policy(checkpoint_paths),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("model-setup", reads=checkpoint_paths)
 def plan_model(arguments: ResolvedArguments) -> ModelPlan:
     model_args, data_args, training_args = parsed(arguments)
     config = model_config(model_args, data_args, training_args)

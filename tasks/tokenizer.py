@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from streamvln_model.builder import load_tokenizer
 from streamvln_model.conversation import tokenize_conversation
 from streamvln_model.data.errors import DataValidationError
 from streamvln_model.evaluation import action_token_ids
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import ResolvedArguments, TokenizerPlan
 
@@ -18,12 +16,7 @@ def tokenizer_paths(inputs: dict) -> list[str]:
     return [model.get("tokenizer_name_or_path") or model["model_name_or_path"]]
 
 
-@task(
-    name="tokenizer-setup",
-    cache_policy=planning_policy(tokenizer_paths),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("tokenizer-setup", reads=tokenizer_paths)
 def setup_tokenizer(arguments: ResolvedArguments) -> TokenizerPlan:
     model_args, _, _ = parsed(arguments)
     tokenizer, spec = load_tokenizer(model_args)

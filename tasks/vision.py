@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from streamvln_model.configuration import StreamVLNConfig
 from streamvln_model.vision import resolve_vision_config, tokens_per_frame
-from tasks.caching import PLAN_CACHE_EXPIRATION, planning_policy
+from tasks.caching import planning_task
 from tasks.types import ModelPlan, VisionPlan
 
 
-@task(
-    name="vision-tower-setup",
-    cache_policy=planning_policy(),
-    persist_result=True,
-    cache_expiration=PLAN_CACHE_EXPIRATION,
-)
+@planning_task("vision-tower-setup")
 def setup_vision(model_plan: ModelPlan) -> VisionPlan:
     config = StreamVLNConfig.from_dict(model_plan.config)
     tower = resolve_vision_config(config)

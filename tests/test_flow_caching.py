@@ -43,8 +43,11 @@ def _plan(request: TrainRequest, plan_root: Path):
 @pytest.fixture
 def inputs(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
     data = copy_dataset(synthetic_data, tmp_path / "data")
+    # A private copy: stages keyed only on the checkpoint (vision tower) must not hit results that
+    # other tests in this session cached for the shared one.
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
     request = TrainRequest(
-        model_name_or_path=str(tiny_checkpoint), video_folder=str(data), output_dir=str(tmp_path / "out")
+        model_name_or_path=str(checkpoint), video_folder=str(data), output_dir=str(tmp_path / "out")
     )
     return request, data, tmp_path / "plans"
 
