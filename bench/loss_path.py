@@ -51,7 +51,7 @@ def step(model, batch: dict, full_logits: bool) -> float:
     else:
         loss = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "images")}).loss
     loss.backward()
-    step.last_loss = float(loss)
+    step.last_loss = float(loss.detach())
     return time.perf_counter() - start
 
 
