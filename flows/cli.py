@@ -60,17 +60,11 @@ def _demo(args) -> None:
 
 
 def _train(args) -> None:
-    import yaml
-
+    from flows.presets import preset_parameters
     from flows.train import streamvln_train
     from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
 
-    config = yaml.safe_load(Path(args.config).read_text()) or {}
-    unknown = set(config) - {"request", "launch", "registry"}
-    if unknown:
-        raise ValueError(
-            f"{args.config}: unknown section(s) {sorted(unknown)}; use request, launch, registry"
-        )
+    config = preset_parameters(args.config)
     result = streamvln_train(
         request=TrainRequest(**config.get("request", {})),
         launch=LaunchConfig(**config.get("launch", {})),

@@ -1,10 +1,11 @@
 """The `streamvln-train` flow: the training flowchart, one task per stage, top to bottom.
 
+(No `from __future__ import annotations` here: Prefect builds the UI form and validates
+parameters from the runtime annotations of the flow function.)
+
 Planning stages (arguments .. data) are cheap, cached and keyed on content; the training loop
 runs in torchrun workers that read the plan; the saving stage registers the model in MLflow.
 """
-
-from __future__ import annotations
 
 from pathlib import Path
 
