@@ -144,7 +144,8 @@ def load_model(
     )
 
 
-def load_tokenizer(model_args: ModelArguments) -> tuple[PreTrainedTokenizerBase, TokenSpec]:
+def load_prepared_tokenizer(model_args: ModelArguments) -> tuple[PreTrainedTokenizerBase, TokenSpec]:
+    """The run's tokenizer with <image>/<memory> added and the chat template set."""
     path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="right")
     return tokenizer, prepare_tokenizer(tokenizer, model_args.version)

@@ -17,12 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, TrainingArguments, parser
-from .builder import load_model, load_tokenizer, validate_arguments
+from .builder import load_model, load_prepared_tokenizer, validate_arguments
 from .data.annotations import load_episodes
 from .data.collator import DataCollatorForNavigation
 from .data.index import build_index, load_index
@@ -98,16 +97,19 @@ def train(argv: list[str] | None = None) -> None:
     validate_arguments(model_args, data_args, training_args)
     _report_to(training_args)
     transformers.set_seed(training_args.seed)
-    if training_args.use_cpu:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
     # Model first: the tower it carries defines the image preprocessing the data needs.
     model = load_model(model_args, data_args, training_args)
     counts = apply_freezing(model, trainable_parts(model_args, training_args))
-    logger.info("parameters: total %d, trainable %d", counts["total"], counts["trainable"])
+    logger.info(
+        "world size %d; parameters: total %d, trainable %d",
+        training_args.world_size,
+        counts["total"],
+        counts["trainable"],
+    )
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()
-    tokenizer, token_spec = load_tokenizer(model_args)
+    tokenizer, token_spec = load_prepared_tokenizer(model_args)
     image_processor = build_image_processor(model.get_vision_tower().config)
     data_module = make_supervised_data_module(
         tokenizer, token_spec, image_processor, data_args, training_args

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamvln_model.builder import load_tokenizer
+from streamvln_model.builder import load_prepared_tokenizer
 from streamvln_model.conversation import tokenize_conversation
 from streamvln_model.data.errors import DataValidationError
 from streamvln_model.evaluation import action_token_ids
@@ -19,7 +19,7 @@ def tokenizer_paths(inputs: dict) -> list[str]:
 @planning_task("tokenizer-setup", reads=tokenizer_paths)
 def setup_tokenizer(arguments: ResolvedArguments) -> TokenizerPlan:
     model_args, _, _ = parsed(arguments)
-    tokenizer, spec = load_tokenizer(model_args)
+    tokenizer, spec = load_prepared_tokenizer(model_args)
     try:
         action_token_ids(tokenizer)
         probe = [{"from": "human", "value": "<image>."}, {"from": "gpt", "value": "↑STOP"}]

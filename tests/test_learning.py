@@ -7,11 +7,14 @@ answers held-out episodes' turns (teacher-forced argmax over the action tokens) 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
+from PIL import Image
 
 from streamvln_model import StreamVLNForCausalLM
 from streamvln_model.arguments import ModelArguments
-from streamvln_model.builder import load_tokenizer
+from streamvln_model.builder import load_prepared_tokenizer
 from streamvln_model.data.annotations import load_episodes
 from streamvln_model.data.collator import DataCollatorForNavigation
 from streamvln_model.data.index import build_index
@@ -40,7 +43,7 @@ def test_trained_model_reads_actions_from_pixels(tmp_path):
     ])  # fmt: skip
 
     model = StreamVLNForCausalLM.from_pretrained(out)
-    tokenizer, spec = load_tokenizer(ModelArguments(model_name_or_path=str(out)))
+    tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(out)))
     index, _ = build_index(load_episodes(str(held_out)), 32, 8, 4)
     policy = NavigationPolicy.from_pretrained(out)
     dataset = VLNActionDataset(index, tokenizer, spec, policy.image_processor)
@@ -51,6 +54,21 @@ def test_trained_model_reads_actions_from_pixels(tmp_path):
     assert score.actions > 500
     assert score.majority_baseline <= 0.4, score
     assert score.accuracy >= 0.6, score
+
+    # Control: the same episodes with every frame replaced by one grey image. The text is
+    # unchanged, so whatever the model still gets right it gets from text alone.
+    blind = tmp_path / "blind"
+    shutil.copytree(held_out, blind)
+    for frame in blind.glob("images/*/rgb/*.jpg"):
+        Image.new("RGB", (160, 120), (128, 128, 128)).save(frame)
+    blind_index, _ = build_index(load_episodes(str(blind)), 32, 8, 4)
+    blind_dataset = VLNActionDataset(blind_index, tokenizer, spec, policy.image_processor)
+    collator = DataCollatorForNavigation(tokenizer.pad_token_id, 4096)
+    blind_score = action_accuracy(model, blind_dataset, collator, tokenizer)
+    assert blind_score.actions == score.actions
+    assert blind_score.accuracy <= 0.45, blind_score
+    print(f"\naction accuracy {score.accuracy:.3f} (majority {score.majority_baseline:.3f}, "
+          f"grey frames {blind_score.accuracy:.3f}) over {score.actions} actions")  # fmt: skip
 
     # The registered-model path (greedy generation from one observation) reads the same bands.
     plan = dataset.plan(0)

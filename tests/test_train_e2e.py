@@ -62,7 +62,7 @@ def test_two_ranks_learn_and_every_step_reaches_mlflow(demo_result, mlflow_serve
 def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlflow_server, tmp_path):
     from streamvln_model import StreamVLNForCausalLM
     from streamvln_model.arguments import ModelArguments
-    from streamvln_model.builder import load_tokenizer
+    from streamvln_model.builder import load_prepared_tokenizer
     from streamvln_model.data.annotations import load_episodes
     from streamvln_model.data.collator import DataCollatorForNavigation
     from streamvln_model.data.index import build_index
@@ -71,7 +71,7 @@ def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlf
 
     saved = Path(demo_result["output_dir"])
     model = StreamVLNForCausalLM.from_pretrained(saved).eval()
-    tokenizer, spec = load_tokenizer(ModelArguments(model_name_or_path=str(saved)))
+    tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(saved)))
     data = Path(demo_result["workdir"]) / "data" / "synthetic_r2r"
     index, _ = build_index(load_episodes(str(data)), 32, 8, 4)
     dataset = VLNActionDataset(index, tokenizer, spec, build_image_processor(model.get_vision_tower().config))
