@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
 
-def task_states(flow_run_id) -> dict[str, list[str]]:
-    """Task name (the run name without its `-<suffix>`) -> state names, in start order."""
+def task_states(flow_run_id, expect: tuple[str, ...] = (), timeout_s: float = 30.0) -> dict[str, list[str]]:
+    """Task name (the run name without its `-<suffix>`) -> state names, in start order.
+
+    Prefect 3 reports task runs to the API asynchronously (events), so right after a flow
+    returns the API may not hold every task run yet: wait until each name in `expect` is
+    there and every task run read is in a final state.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = defaultdict(list)
-    for run in sorted(runs, key=lambda r: r.created):
-        states[run.name.rsplit("-", 1)[0]].append(run.state.name)
-    return dict(states)
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            states: dict[str, list[str]] = defaultdict(list)
+            for run in sorted(runs, key=lambda r: r.created):
+                states[run.name.rsplit("-", 1)[0]].append(run.state.name)
+            settled = all(run.state and run.state.is_final() for run in runs)
+            if (settled and all(name in states for name in expect)) or time.monotonic() > deadline:
+                return dict(states)
+            time.sleep(0.5)
 
 
 def copy_dataset(source: Path, target: Path) -> Path:

@@ -31,7 +31,9 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
-def _run_failing(tmp_path: Path, checkpoint: Path, video_folder: Path, **settings):
+def _run_failing(
+    tmp_path: Path, checkpoint: Path, video_folder: Path, failing_stage: str = "data-module", **settings
+):
     """Run the full flow; it must fail in planning. Returns (error message, task states)."""
     output_dir = tmp_path / "out"
     request = TrainRequest(
@@ -53,7 +55,7 @@ def _run_failing(tmp_path: Path, checkpoint: Path, video_folder: Path, **setting
     assert isinstance(error, DataValidationError), repr(error)
     assert not (output_dir / "train.log").exists()
     assert not (output_dir / "plan.json").exists()
-    states = task_states(state.state_details.flow_run_id)
+    states = task_states(state.state_details.flow_run_id, expect=(failing_stage,))
     assert "trainer-initialization" not in states and "training-loop" not in states, states
     return str(error), states
 
@@ -106,7 +108,7 @@ def test_unknown_action_id(env, data, tmp_path):
 
 
 def test_num_history_must_divide_num_frames(env, data, tmp_path):
-    message, states = _run_failing(tmp_path, env, data, num_history=5, num_frames=32)
+    message, states = _run_failing(tmp_path, env, data, "parse-arguments", num_history=5, num_frames=32)
     assert "--num_history=5 does not divide --num_frames=32" in message
     assert states == {"parse-arguments": ["Failed"]}  # before the checkpoint or data is read
 

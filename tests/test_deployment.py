@@ -64,7 +64,7 @@ def test_served_deployment_runs_the_flow_with_preset_parameters(
         )
         assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
         assert flow_run.parameters["request"]["video_folder"] == str(synthetic_data)
-        states = task_states(flow_run.id)
+        states = task_states(flow_run.id, expect=("data-module", "trainer-initialization"))
         assert states["data-module"] and states["trainer-initialization"] == ["Completed"]
         assert (tmp_path / "out" / "plan.json").is_file()
     finally:

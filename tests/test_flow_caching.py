@@ -37,7 +37,7 @@ def _plan(request: TrainRequest, plan_root: Path):
     )
     assert state.is_completed(), state
     result = state.result()
-    return result, task_states(state.state_details.flow_run_id)
+    return result, task_states(state.state_details.flow_run_id, expect=(*PLANNING, "trainer-initialization"))
 
 
 @pytest.fixture

@@ -1,0 +1,49 @@
+"""A worker that fails after torchrun started fails the training task with the tail of its log,
+and the MLflow run opened for it is marked FAILED (never left RUNNING)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from flows.train import streamvln_train
+from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+from tests.helpers import task_states
+
+
+def test_worker_failure_fails_the_task_with_the_log_tail(
+    prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    # Passes planning (any attention implementation name is accepted there) but the worker's
+    # from_pretrained refuses it: flash-attn does not exist on this CPU machine.
+    request = TrainRequest(
+        model_name_or_path=str(tiny_checkpoint),
+        video_folder=str(synthetic_data),
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        gradient_checkpointing=False,
+        extra_args={"attn_implementation": "flash_attention_2"},
+    )
+    registry = RegistryConfig(experiment_name="failures", model_name="never-registered")
+    state = streamvln_train(
+        request=request,
+        launch=LaunchConfig(device="cpu"),
+        registry=registry,
+        plan_root=str(tmp_path / "plans"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="torchrun exited with") as failure:
+        state.result()
+    assert "flash" in str(failure.value).lower()  # the tail of the worker's log
+    assert (tmp_path / "out" / "train.log").is_file()
+    states = task_states(state.state_details.flow_run_id, expect=("training-loop",))
+    assert states["training-loop"] == ["Failed"]
+    assert "model-saving" not in states
+
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("failures").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert client.search_registered_models(filter_string="name='never-registered'") == []
