@@ -6,9 +6,12 @@ from the newest `checkpoint-*` in output_dir (the worker looks for it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -39,30 +42,63 @@ def worker_env(mlflow_run_id: str | None, tracking_uri: str | None) -> dict[str,
 def run_streaming(
     command: list[str], env: dict[str, str], log_path: Path, timeout_s: int | None
 ) -> list[dict]:
-    """Run, mirror every line to `log_path` and the run logger; returns the progress records."""
+    """Run, mirror every line to `log_path` and the run logger; returns the progress records.
+
+    torchrun runs in its own process group so a timeout (or a cancelled task) stops every worker.
+    """
     logger = get_run_logger()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     progress: list[dict] = []
     with (
         log_path.open("a") as log,
         subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         ) as process,
     ):
-        for line in process.stdout:
-            log.write(line)
-            line = line.rstrip()
-            tail.append(line)
-            if line.startswith(PROGRESS_PREFIX):
-                record = json.loads(line[len(PROGRESS_PREFIX) :])
-                progress.append(record)
-                logger.info("step %s/%s %s", record.get("step"), record.get("max_steps"), _short(record))
-            elif line and not line.startswith("{'"):
-                logger.info(line)
-        code = process.wait(timeout=timeout_s)
+        timed_out = threading.Event()
+        watchdog = threading.Timer(timeout_s, _expire, args=(process, timed_out)) if timeout_s else None
+        if watchdog:
+            watchdog.start()
+        try:
+            for line in process.stdout:
+                log.write(line)
+                line = line.rstrip()
+                tail.append(line)
+                if line.startswith(PROGRESS_PREFIX):
+                    record = json.loads(line[len(PROGRESS_PREFIX) :])
+                    progress.append(record)
+                    logger.info("step %s/%s %s", record.get("step"), record.get("max_steps"), _short(record))
+                elif line and not line.startswith("{'"):
+                    logger.info(line)
+            code = process.wait()
+        finally:
+            if watchdog:
+                watchdog.cancel()
+            if process.poll() is None:  # interrupted (e.g. the task was cancelled)
+                _stop_group(process)
+    if timed_out.is_set() and code != 0:
+        raise TrainingFailed(
+            f"training stopped after the {timeout_s} s timeout; last lines of {log_path}:\n" + "\n".join(tail)
+        )
     if code != 0:
         raise TrainingFailed(f"torchrun exited with {code}; last lines of {log_path}:\n" + "\n".join(tail))
     return progress
+
+
+def _expire(process: subprocess.Popen, timed_out: threading.Event) -> None:
+    timed_out.set()
+    _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
 
 
 def _short(record: dict) -> str:

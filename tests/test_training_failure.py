@@ -3,6 +3,9 @@ and the MLflow run opened for it is marked FAILED (never left RUNNING)."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import mlflow
 import pytest
 
@@ -47,3 +50,34 @@ def test_worker_failure_fails_the_task_with_the_log_tail(
     runs = client.search_runs([client.get_experiment_by_name("failures").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert client.search_registered_models(filter_string="name='never-registered'") == []
+
+
+def test_training_timeout_stops_every_worker(
+    prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    request = TrainRequest(
+        model_name_or_path=str(tiny_checkpoint),
+        video_folder=str(synthetic_data),
+        output_dir=str(tmp_path / "out"),
+        max_steps=10_000,
+        gradient_checkpointing=False,
+    )
+    state = streamvln_train(
+        request=request,
+        launch=LaunchConfig(device="cpu", nproc_per_node=2, timeout_s=20),
+        registry=RegistryConfig(experiment_name="timeouts", model_name="never-registered-either"),
+        plan_root=str(tmp_path / "plans"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="after the 20 s timeout"):
+        state.result()
+    deadline = time.monotonic() + 15  # workers exit on SIGTERM; give them a moment
+    while (survivors := _processes_mentioning(tmp_path / "out")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert survivors == "", survivors
+
+
+def _processes_mentioning(path) -> str:
+    return subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True).stdout.strip()
