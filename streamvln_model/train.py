@@ -2,9 +2,9 @@
 
 Also `... -m streamvln_model.train --plan plan.json`: the flags the flow's trainer stage wrote.
 
-Reads the three argument dataclasses, builds model -> tokenizer -> vision preprocessing ->
-freezing -> data -> trainer in that order (the data module needs the tokenizer and the image
-processor the tower defines), trains, and saves a full model folder that `from_pretrained` loads.
+Reads the three argument dataclasses, then: sample index (validated first, so bad data fails
+before weights load) -> model -> freezing -> tokenizer -> image preprocessing (defined by the
+tower) -> dataset -> Trainer; trains and saves a full model folder that `from_pretrained` loads.
 With `--data_index` (written by the Prefect flow) it memory-maps the validated index instead of
 scanning the data again. With `MLFLOW_RUN_ID` set, rank 0 logs per-step metrics into that run.
 """
@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+import datasets
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -33,16 +34,17 @@ from .vision import build_image_processor
 logger = logging.getLogger("streamvln.train")
 
 
-def make_supervised_data_module(
-    tokenizer, token_spec, image_processor, data_args: DataArguments, training_args
-) -> dict:
+def load_or_build_index(data_args: DataArguments) -> datasets.Dataset:
+    """The flow's prebuilt index, or scan + validate the folders now (standalone runs)."""
     if data_args.data_index:
-        index = load_index(data_args.data_index)
-    else:
-        episodes = load_episodes(data_args.video_folder)
-        index, _ = build_index(
-            episodes, data_args.num_frames, data_args.num_history, data_args.num_future_steps
-        )
+        return load_index(data_args.data_index)
+    episodes = load_episodes(data_args.video_folder)
+    return build_index(episodes, data_args.num_frames, data_args.num_history, data_args.num_future_steps)[0]
+
+
+def make_supervised_data_module(
+    index: datasets.Dataset, tokenizer, token_spec, image_processor, data_args: DataArguments, training_args
+) -> dict:
     dataset = VLNActionDataset(
         index,
         tokenizer,
@@ -98,7 +100,9 @@ def train(argv: list[str] | None = None) -> None:
     _report_to(training_args)
     transformers.set_seed(training_args.seed)
 
-    # Model first: the tower it carries defines the image preprocessing the data needs.
+    # Data first: bad annotations must fail before minutes of weight loading. Then the model:
+    # the tower it carries defines the image preprocessing the dataset needs.
+    index = load_or_build_index(data_args)
     model = load_model(model_args, data_args, training_args)
     counts = apply_freezing(model, trainable_parts(model_args, training_args))
     logger.info(
@@ -112,7 +116,7 @@ def train(argv: list[str] | None = None) -> None:
     tokenizer, token_spec = load_prepared_tokenizer(model_args)
     image_processor = build_image_processor(model.get_vision_tower().config)
     data_module = make_supervised_data_module(
-        tokenizer, token_spec, image_processor, data_args, training_args
+        index, tokenizer, token_spec, image_processor, data_args, training_args
     )
 
     trainer = StreamVLNTrainer(
