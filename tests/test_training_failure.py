@@ -14,21 +14,28 @@ from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
 from tests.helpers import task_states
 
 
-def test_worker_failure_fails_the_task_with_the_log_tail(
-    prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
-):
+@pytest.fixture
+def request_for(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch):
+    """A training request on the shared tiny checkpoint and data, tracked in the test MLflow server."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     mlflow.set_tracking_uri(mlflow_server.uri)
+
+    def build(**overrides) -> TrainRequest:
+        return TrainRequest(
+            model_name_or_path=str(tiny_checkpoint),
+            video_folder=str(synthetic_data),
+            output_dir=str(tmp_path / "out"),
+            gradient_checkpointing=False,
+            **overrides,
+        )
+
+    return build
+
+
+def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_server, tmp_path):
     # Passes planning (any attention implementation name is accepted there) but the worker's
     # from_pretrained refuses it: flash-attn does not exist on this CPU machine.
-    request = TrainRequest(
-        model_name_or_path=str(tiny_checkpoint),
-        video_folder=str(synthetic_data),
-        output_dir=str(tmp_path / "out"),
-        max_steps=1,
-        gradient_checkpointing=False,
-        extra_args={"attn_implementation": "flash_attention_2"},
-    )
+    request = request_for(max_steps=1, extra_args={"attn_implementation": "flash_attention_2"})
     registry = RegistryConfig(experiment_name="failures", model_name="never-registered")
     state = streamvln_train(
         request=request,
@@ -52,17 +59,8 @@ def test_worker_failure_fails_the_task_with_the_log_tail(
     assert client.search_registered_models(filter_string="name='never-registered'") == []
 
 
-def test_training_timeout_stops_every_worker(
-    prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    request = TrainRequest(
-        model_name_or_path=str(tiny_checkpoint),
-        video_folder=str(synthetic_data),
-        output_dir=str(tmp_path / "out"),
-        max_steps=10_000,
-        gradient_checkpointing=False,
-    )
+def test_training_timeout_stops_every_worker(request_for, tmp_path):
+    request = request_for(max_steps=10_000)
     state = streamvln_train(
         request=request,
         launch=LaunchConfig(device="cpu", nproc_per_node=2, timeout_s=20),
