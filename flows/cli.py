@@ -53,7 +53,7 @@ def _demo(args) -> None:
             f"  MLflow run: {result['mlflow_run_id']}  (browse: {result['mlflow_ui']})\n"
             f"  registered model: {result['model_uri']} (version {result['model_version']})\n"
             f"  trained folder: {result['output_dir']}\n"
-            f"  Prefect flow run: {result['flow_run_id']}"
+            f"  Prefect flow run: {result['flow_run_id']}  (browse: {result['prefect_ui']})"
         )
     else:
         print(json.dumps(result))

@@ -39,6 +39,15 @@ def configure_embedded(workdir: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def prefect_ui_command() -> str:
+    """How to browse the flow runs: the configured server, or the embedded state in PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():
+        return f"open {PREFECT_API_URL.value().removesuffix('/api')}"
+    return f"PREFECT_HOME={PREFECT_HOME.value()} prefect server start"
+
+
 def ensure_experiment(name: str, artifact_root: Path) -> None:
     import mlflow
 
@@ -92,5 +101,6 @@ def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0) -
         "last_loss": losses[-1][1] if losses else None,
         "logged_steps": len(losses),
         "mlflow_ui": f"mlflow ui --backend-store-uri {os.environ['MLFLOW_TRACKING_URI']}",
+        "prefect_ui": prefect_ui_command(),
         "workdir": str(workdir),
     }
