@@ -9,7 +9,6 @@ from pydantic import BaseModel
 
 class ResolvedArguments(BaseModel):
     flags: dict[str, Any]
-    argv: list[str]
     model: dict[str, Any]
     data: dict[str, Any]
     training: dict[str, Any]
