@@ -25,6 +25,11 @@ WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_FILE = "model.safetensors"
 
 
+def tokenizer_path(model_args: ModelArguments) -> str | None:
+    """`--tokenizer_name_or_path`, else the checkpoint folder (which normally holds the tokenizer)."""
+    return model_args.tokenizer_name_or_path or model_args.model_name_or_path
+
+
 def validate_arguments(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> None:
@@ -38,7 +43,7 @@ def validate_arguments(
             f"--model_name_or_path {path}: no config.json there. Fix: point it at a local checkpoint folder "
             "(`streamvln synth checkpoint OUT` makes a tiny one)"
         )
-    tokenizer = Path(model_args.tokenizer_name_or_path or path)
+    tokenizer = Path(tokenizer_path(model_args) or "")
     if model_args.model_name_or_path and not (tokenizer / "tokenizer_config.json").is_file():
         problems.append(
             f"tokenizer folder {tokenizer}: no tokenizer_config.json. Fix: pass --tokenizer_name_or_path"
@@ -146,6 +151,5 @@ def load_model(
 
 def load_prepared_tokenizer(model_args: ModelArguments) -> tuple[PreTrainedTokenizerBase, TokenSpec]:
     """The run's tokenizer with <image>/<memory> added and the chat template set."""
-    path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="right")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(model_args), padding_side="right")
     return tokenizer, prepare_tokenizer(tokenizer, model_args.version)

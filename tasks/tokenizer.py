@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streamvln_model.builder import load_prepared_tokenizer
+from streamvln_model.arguments import ModelArguments
+from streamvln_model.builder import load_prepared_tokenizer, tokenizer_path
 from streamvln_model.conversation import tokenize_conversation
 from streamvln_model.data.errors import DataValidationError
 from streamvln_model.evaluation import action_token_ids
@@ -12,23 +13,22 @@ from tasks.types import ResolvedArguments, TokenizerPlan
 
 
 def tokenizer_paths(inputs: dict) -> list[str]:
-    model = inputs["arguments"].model
-    return [model.get("tokenizer_name_or_path") or model["model_name_or_path"]]
+    return [tokenizer_path(ModelArguments(**inputs["arguments"].model))]
 
 
 @planning_task("tokenizer-setup", reads=tokenizer_paths)
 def setup_tokenizer(arguments: ResolvedArguments) -> TokenizerPlan:
     model_args, _, _ = parsed(arguments)
+    path = tokenizer_path(model_args)
     tokenizer, spec = load_prepared_tokenizer(model_args)
     try:
         action_token_ids(tokenizer)
         probe = [{"from": "human", "value": "<image>."}, {"from": "gpt", "value": "↑STOP"}]
         tokenize_conversation(tokenizer, spec, probe)
     except (ValueError, KeyError) as err:
-        path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
         raise DataValidationError([f"{path}: tokenizer unusable for navigation ({err})"]) from err
     return TokenizerPlan(
-        path=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        path=path,
         vocab_size=len(tokenizer),
         image_token_id=spec.image_token_id,
         memory_token_id=spec.memory_token_id,
