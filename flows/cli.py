@@ -27,13 +27,10 @@ def _synth_checkpoint(args) -> None:
 
 
 def _data_preview(args) -> None:
-    from transformers import AutoTokenizer
-
     from streamvln_model.preview import PreviewSettings, plan_record, preview_plans, render_plan
 
     settings = PreviewSettings(args.num_frames, args.num_history, args.num_future_steps)
-    plans = preview_plans(args.video_folder, args.tokenizer, args.num, settings)
-    tokenizer = None if args.json else AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer, plans = preview_plans(args.video_folder, args.tokenizer, args.num, settings)
     for plan in plans:
         print(
             json.dumps(plan_record(plan), ensure_ascii=False)

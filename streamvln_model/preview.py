@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX
 from .conversation import prepare_tokenizer
@@ -25,8 +25,9 @@ class PreviewSettings:
 
 def preview_plans(
     video_folder: str, tokenizer_path: str, num: int = 3, settings: PreviewSettings | None = None
-) -> list[SamplePlan]:
-    """The first `num` samples (0 = all) exactly as the training dataset builds them."""
+) -> tuple[PreTrainedTokenizerBase, list[SamplePlan]]:
+    """The first `num` samples (0 = all) exactly as the training dataset builds them, and the
+    prepared tokenizer that built them (to render them with)."""
     settings = settings or PreviewSettings()
     validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
     episodes = load_episodes(video_folder)  # bad data fails before the tokenizer load
@@ -38,7 +39,7 @@ def preview_plans(
         num_history=settings.num_history, num_future_steps=settings.num_future_steps,
     )  # fmt: skip
     count = len(dataset) if num == 0 else min(num, len(dataset))
-    return [dataset.plan(i) for i in range(count)]
+    return tokenizer, [dataset.plan(i) for i in range(count)]
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
