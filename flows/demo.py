@@ -11,20 +11,9 @@ import os
 import time
 from pathlib import Path
 
-DEMO_TRAINING = {
-    "num_train_epochs": 3,
-    "max_steps": 60,
-    "per_device_train_batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 3e-3,
-    "mm_vision_tower_lr": None,
-    "warmup_ratio": 0.05,
-    "weight_decay": 0.0,
-    "gradient_checkpointing": False,
-    "model_max_length": 4096,
-    "save_strategy": "no",
-    "logging_steps": 1,
-}
+# The training settings are the tiny CPU preset users run by hand (`streamvln train`); the demo
+# only swaps in its own data, checkpoint, output folder and process count.
+DEMO_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
 def configure_embedded(workdir: Path) -> None:
@@ -68,6 +57,7 @@ def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0) -
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     configure_embedded(workdir)
+    from flows.presets import preset_parameters
     from flows.train import streamvln_train
     from streamvln_model.synthetic import write_trajectories
     from streamvln_model.synthetic.checkpoint import write_checkpoint
@@ -82,15 +72,18 @@ def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0) -
         experiment_name="streamvln-demo", model_name="streamvln-demo", alias="candidate"
     )
     ensure_experiment(registry.experiment_name, workdir / "mlartifacts")
+    preset = preset_parameters(DEMO_PRESET)
     request = TrainRequest(
-        model_name_or_path=str(checkpoint),
-        video_folder=str(data),
-        output_dir=str(workdir / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")),
-        **DEMO_TRAINING,
+        **{
+            **preset["request"],
+            "model_name_or_path": str(checkpoint),
+            "video_folder": str(data),
+            "output_dir": str(workdir / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")),
+        }
     )
     result = streamvln_train(
         request=request,
-        launch=LaunchConfig(nproc_per_node=nproc, device="cpu"),
+        launch=LaunchConfig(**{**preset["launch"], "nproc_per_node": nproc}),
         registry=registry,
         plan_root=str(workdir / "plans"),
     )
