@@ -10,8 +10,6 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
 
-# Architectures whose checkpoints share our weight layout (see docs/ARCHITECTURE.md).
-COMPATIBLE_ARCHITECTURES = ("StreamVLNForCausalLM", "LlavaQwenForCausalLM")
 POOL_MODES = ("bilinear", "average", "max")
 
 

@@ -75,10 +75,6 @@ class SiglipTower(nn.Module):
     def num_patches_per_side(self) -> int:
         return self.config.image_size // self.config.patch_size
 
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         siglip = self.vision_tower.vision_model
         dtype = siglip.embeddings.patch_embedding.weight.dtype

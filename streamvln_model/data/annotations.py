@@ -27,9 +27,10 @@ class Episode:
     actions: tuple[int, ...]
     frames: tuple[str, ...]  # frame file names in <video>/rgb, sorted
 
-    @property
-    def frame_dir(self) -> Path:
-        return Path(self.source) / self.video / "rgb"
+
+def frame_folder(source: str | Path, video: str) -> Path:
+    """Where an episode's frames live in the published layout."""
+    return Path(source) / video / "rgb"
 
 
 def split_folders(video_folder: str | list[str]) -> list[Path]:
@@ -83,7 +84,7 @@ def _episode(source: Path, index: int, raw, annotations: Path, problems: list[st
     if not isinstance(raw["video"], str) or not raw["video"]:
         problems.append(f"{where} field 'video': expected a folder path relative to {source}")
         return None
-    frame_dir = source / raw["video"] / "rgb"
+    frame_dir = frame_folder(source, raw["video"])
     if not frame_dir.is_dir():
         problems.append(f"{where} field 'video': frame folder {frame_dir} does not exist")
         return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import torch
@@ -12,6 +11,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase, SiglipImageProcessorPil
 
 from ..conversation import TokenSpec, tokenize_conversation
+from .annotations import frame_folder
 from .images import preprocess_frames
 from .prompts import navigation_conversation
 from .sampling import action_groups, current_steps, history_steps
@@ -61,7 +61,7 @@ class VLNActionDataset(Dataset):
     def plan(self, i: int) -> SamplePlan:
         row = self.index[i]
         actions, start = list(row["actions"]), row["start"]
-        frame_dir = Path(row["source"]) / row["video"] / "rgb"
+        frame_dir = frame_folder(row["source"], row["video"])
         history = history_steps(start, self.num_history)
         current = current_steps(start, len(actions), self.num_frames, self.num_future_steps)
         groups = action_groups(actions, start, self.num_frames, self.num_future_steps)
