@@ -30,7 +30,12 @@ class StreamVLNModel(Qwen2Model):
     def __init__(self, config: StreamVLNConfig):
         super().__init__(config)
         vision_config = resolve_vision_config(config)
-        self.vision_tower = SiglipTower(vision_config)
+        self.vision_tower = SiglipTower(
+            vision_config,
+            select_layer=config.mm_vision_select_layer,
+            select_feature=config.mm_vision_select_feature,
+            dropped_layers=config.mm_vision_tower_dropped_layers,
+        )
         self.mm_projector = build_projector(vision_config.hidden_size, config.hidden_size)
         if "unpad" in (config.mm_patch_merge_type or ""):
             # Loaded so LLaVA-Video checkpoints round-trip; the navigation forward does not use it.
@@ -51,6 +56,17 @@ class StreamVLNForCausalLM(Qwen2ForCausalLM):
 
     def get_vision_tower(self) -> SiglipTower:
         return self.model.vision_tower
+
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters the navigation forward never uses, so they never receive a gradient.
+
+        The published trainer marks them trainable too; they stay unchanged there (no gradient),
+        but under DDP with gradient checkpointing (the published default), where transformers
+        turns off DDP's unused-parameter search, a trainable parameter without a gradient stops
+        the first backward. The worker keeps them frozen: the same training, without the error.
+        """
+        unused = [f"model.vision_tower.{name}" for name in self.get_vision_tower().unused_parameter_names()]
+        return unused + (["model.image_newline"] if hasattr(self.model, "image_newline") else [])
 
     @property
     def tokens_per_frame(self) -> int:

@@ -1,8 +1,12 @@
 """The SigLIP vision tower, the `mlp2x_gelu` projector and the 2D token pooling.
 
-LLaVA checkpoints store the tower with its last encoder layer already removed; features are the
-output of the remaining layers, before `post_layernorm` (the "penultimate layer" features). The
-tower's sizes come from its own config, never from hard-coded constants.
+LLaVA checkpoints store the tower with its last encoder layer already removed
+(`mm_vision_tower_dropped_layers`, default 1); by default features are the output of the
+remaining layers, before `post_layernorm` (the "penultimate layer" features of the full tower,
+`mm_vision_select_layer=-2`). `mm_vision_select_layer` counts in the FULL public tower's
+`output_hidden_states` (0 = embeddings, -1 = its last layer), so a value means the same layer
+whatever the checkpoint stores; only the encoder layers up to the selected one run. The tower's
+sizes come from its own config, never from hard-coded constants.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import torch
 from torch import nn
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
-# Public SigLIP towers used by LLaVA-Video / StreamVLN, as stored in those checkpoints
-# (27 layers upstream, 26 kept). Source: the towers' config.json on the Hugging Face hub.
+# Public SigLIP towers used by LLaVA-Video / StreamVLN, at their full public depth (27 layers;
+# LLaVA checkpoints store 26). Source: the towers' config.json on the Hugging Face hub.
 _SO400M_384 = {
     "hidden_size": 1152,
     "intermediate_size": 4304,
-    "num_hidden_layers": 26,
+    "num_hidden_layers": 27,
     "num_attention_heads": 16,
     "image_size": 384,
     "patch_size": 14,
@@ -33,6 +37,14 @@ KNOWN_TOWERS: dict[str, dict] = {
 }
 
 
+SELECT_FEATURES = ("patch", "cls_patch")  # identical for SigLIP, which has no CLS token
+
+
+def dropped_layers(config) -> int:
+    """Final encoder layers of the public tower the stored weights omit (absent in LLaVA: 1)."""
+    return getattr(config, "mm_vision_tower_dropped_layers", 1)
+
+
 def resolve_vision_config(config) -> SiglipVisionConfig:
     """Find the stored tower's config: embedded dict, local tower folder, or a known public tower."""
     if config.vision_config:
@@ -43,11 +55,13 @@ def resolve_vision_config(config) -> SiglipVisionConfig:
         # only non-default fields, so a missing depth means SigLIP's own default, not so400m's 27.
         raw = json.loads((Path(tower) / "config.json").read_text())
         raw = raw.get("vision_config", raw)
-        raw["num_hidden_layers"] = raw.get("num_hidden_layers", SiglipVisionConfig().num_hidden_layers) - 1
+        full = raw.get("num_hidden_layers", SiglipVisionConfig().num_hidden_layers)
+        raw["num_hidden_layers"] = full - dropped_layers(config)
         return SiglipVisionConfig(**{**raw, "vision_use_head": False})
     for name, sizes in KNOWN_TOWERS.items():
         if tower and (tower == name or tower.rstrip("/").endswith(name.split("/")[-1])):
-            return SiglipVisionConfig(**sizes, vision_use_head=False)
+            stored = sizes["num_hidden_layers"] - dropped_layers(config)
+            return SiglipVisionConfig(**{**sizes, "num_hidden_layers": stored}, vision_use_head=False)
     raise ValueError(
         f"cannot determine the vision tower's config: the model config has no `vision_config` and "
         f"mm_vision_tower={tower!r} is neither a local SigLIP folder nor one of {sorted(KNOWN_TOWERS)}. "
@@ -63,23 +77,113 @@ class _TowerHolder(nn.Module):
         self.vision_model = SiglipVisionModel(vision_config)
 
 
-class SiglipTower(nn.Module):
-    """SigLIP patch features from the stored (already truncated) encoder, before post_layernorm."""
+def _layer_problem(select_layer: int, stored: int, dropped: int) -> str | None:
+    """Why `select_layer` cannot be served by a tower storing `stored` of `stored + dropped`
+    layers, or None."""
+    if dropped < 0:
+        return f"mm_vision_tower_dropped_layers={dropped}: must be 0 or more (LLaVA checkpoints: 1)"
+    full = stored + dropped
+    index = select_layer if select_layer >= 0 else full + 1 + select_layer
+    if not 0 <= index <= full:
+        return (
+            f"--mm_vision_select_layer {select_layer}: out of range for the {full}-layer vision tower "
+            f"(hidden states 0..{full}, or -{full + 1}..-1 from the end). "
+            "Fix: pass -2 (the published default)"
+        )
+    if index > stored:
+        return (
+            f"--mm_vision_select_layer {select_layer}: needs layer {index} of the {full}-layer public "
+            f"vision tower, but the checkpoint stores only its first {stored} layers "
+            f"(mm_vision_tower_dropped_layers={dropped}; LLaVA checkpoints omit the last layer). "
+            f"Fix: pass --mm_vision_select_layer {-(dropped + 1)} (the last stored layer; -2 for LLaVA "
+            f"checkpoints) or an earlier layer (0..{stored}, or -{full + 1}..{-(dropped + 1)})"
+        )
+    return None
 
-    def __init__(self, vision_config: SiglipVisionConfig):
+
+def select_feature_problem(select_feature: str) -> str | None:
+    """Why `select_feature` is refused, or None: SigLIP has no CLS token to drop or keep."""
+    if select_feature in SELECT_FEATURES:
+        return None
+    return (
+        f"--mm_vision_select_feature {select_feature!r}: not supported. SigLIP has no CLS token, so "
+        f"{' and '.join(map(repr, SELECT_FEATURES))} both give the patch features. Fix: pass patch"
+    )
+
+
+def select_layer_problem(config) -> str | None:
+    """Why the config's `mm_vision_select_layer` cannot be served by its stored tower, or None.
+
+    Reads the config only, so preflight can say it before weights load (the model would
+    refuse the same value at construction).
+    """
+    stored = resolve_vision_config(config).num_hidden_layers
+    return _layer_problem(config.mm_vision_select_layer, stored, dropped_layers(config))
+
+
+def vision_select_problems(config) -> list[str]:
+    """Both select checks (layer and feature) for preflight, from the config alone."""
+    problems = [select_layer_problem(config), select_feature_problem(config.mm_vision_select_feature)]
+    return [p for p in problems if p]
+
+
+def selected_layer_count(select_layer: int, stored: int, dropped: int) -> int:
+    """How many encoder layers to run so their output is the selected hidden state."""
+    problem = _layer_problem(select_layer, stored, dropped)
+    if problem:
+        raise ValueError(problem)
+    full = stored + dropped
+    return select_layer if select_layer >= 0 else full + 1 + select_layer
+
+
+class SiglipTower(nn.Module):
+    """SigLIP patch features of the selected layer, before post_layernorm.
+
+    The stored encoder may be shorter than the public one (`dropped_layers`); `select_layer`
+    counts in the public tower's hidden states, and only the layers up to it run.
+    """
+
+    def __init__(
+        self,
+        vision_config: SiglipVisionConfig,
+        select_layer: int = -2,
+        select_feature: str = "patch",
+        dropped_layers: int = 1,
+    ):
         super().__init__()
+        problem = select_feature_problem(select_feature)
+        if problem:
+            raise ValueError(problem)
         self.config = vision_config
+        self.layers_run = selected_layer_count(select_layer, vision_config.num_hidden_layers, dropped_layers)
         self.vision_tower = _TowerHolder(vision_config)
 
     @property
     def num_patches_per_side(self) -> int:
         return self.config.image_size // self.config.patch_size
 
+    def unused_parameter_names(self) -> list[str]:
+        """Stored weights the features never pass through: post_layernorm, layers past the selected one."""
+        siglip = self.vision_tower.vision_model
+        unused = [
+            f"vision_tower.vision_model.post_layernorm.{n}"
+            for n, _ in siglip.post_layernorm.named_parameters()
+        ]
+        for index in range(self.layers_run, len(siglip.encoder.layers)):
+            layer = siglip.encoder.layers[index]
+            unused += [
+                f"vision_tower.vision_model.encoder.layers.{index}.{n}" for n, _ in layer.named_parameters()
+            ]
+        return unused
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         siglip = self.vision_tower.vision_model
         dtype = siglip.embeddings.patch_embedding.weight.dtype
         hidden = siglip.embeddings(pixel_values.to(dtype))
-        return siglip.encoder(inputs_embeds=hidden).last_hidden_state
+        # The loop SiglipEncoder.forward runs (no attention mask), stopped at the selected layer.
+        for layer in siglip.encoder.layers[: self.layers_run]:
+            hidden = layer(hidden, None)
+        return hidden
 
 
 def build_projector(vision_hidden: int, llm_hidden: int) -> nn.Sequential:

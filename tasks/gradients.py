@@ -6,7 +6,7 @@ from prefect import get_run_logger
 
 from streamvln_model.builder import meta_model
 from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.freezing import apply_freezing, trainable_parts
+from streamvln_model.freezing import apply_freezing, freezing_plan, trained_parts
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import GradientPlan, ModelPlan, ResolvedArguments
@@ -15,9 +15,14 @@ from tasks.types import GradientPlan, ModelPlan, ResolvedArguments
 @planning_task("gradient-configuration")
 def plan_gradients(arguments: ResolvedArguments, model_plan: ModelPlan) -> GradientPlan:
     model_args, _, training_args = parsed(arguments)
-    parts = trainable_parts(model_args, training_args)
-    counts = apply_freezing(meta_model(StreamVLNConfig.from_dict(model_plan.config)), parts)
+    plan = freezing_plan(model_args, training_args)
+    counts = apply_freezing(meta_model(StreamVLNConfig.from_dict(model_plan.config)), plan)
+    parts = trained_parts(counts)
     get_run_logger().info(
-        "trainable %s of %s parameters (%s)", f"{counts['trainable']:,}", f"{counts['total']:,}", parts
+        "trainable %s of %s parameters (%s; %s)",
+        f"{counts['trainable']:,}",
+        f"{counts['total']:,}",
+        ", ".join(parts) or "nothing",
+        plan.describe(),
     )
-    return GradientPlan(parts=list(parts), counts=counts)
+    return GradientPlan(parts=parts, counts=counts)
