@@ -51,15 +51,25 @@ MODEL_FILE_PATTERNS = (
 
 
 def stage_model_files(checkpoint: Path, target: Path) -> Path:
+    """Copy what loading needs, plus the SigLIP tower folder the published loader opens (if any)."""
+    from .saving import TOWER_DIRNAME
+
     target.mkdir(parents=True)
     for pattern in MODEL_FILE_PATTERNS:
         for path in Path(checkpoint).glob(pattern):
             shutil.copy2(path, target / path.name)
+    if (Path(checkpoint) / TOWER_DIRNAME).is_dir():
+        shutil.copytree(Path(checkpoint) / TOWER_DIRNAME, target / TOWER_DIRNAME)
     return target
 
 
 def log_checkpoint_model(checkpoint: str | Path, run_id: str, name: str = "model"):
-    """Log the model folder as a pyfunc model into `run_id`; returns mlflow's ModelInfo."""
+    """Log the model folder as a pyfunc model into `run_id`; returns mlflow's ModelInfo.
+
+    Built from files only, so the flow host never holds the weights: with explicit
+    `pip_requirements` and no `input_example`, mlflow neither infers requirements nor validates
+    the model, the two paths on which it would call `load_context` (which loads the weights).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage_model_files(Path(checkpoint), Path(tmp) / CHECKPOINT_ARTIFACT)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):

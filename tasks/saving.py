@@ -1,19 +1,26 @@
-"""Stage 10, Model Saving: check the saved folder loads, log it to MLflow, register a version."""
+"""Stage 10, Model Saving: check the saved folder's files, log it to MLflow, register a version.
+
+The flow process never loads weights (a 7B model is ~15 GB): the worker's rank 0 already
+reloaded the folder and compared logits with the trained model before exiting
+(`streamvln_model.saving.verify_saved_model`). Here only safetensors headers are read, against
+config.json, and the pyfunc is logged from the files.
+"""
 
 from __future__ import annotations
 
 import mlflow
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from streamvln_model.mlflow_model import log_checkpoint_model
-from streamvln_model.modeling import StreamVLNForCausalLM
+from streamvln_model.saving import check_saved_files
+from tasks.caching import side_effect_task
 from tasks.parameters import RegistryConfig
 from tasks.types import SavedModel, TrainResult
 
 
-@task(name="model-saving")
+@side_effect_task("model-saving")
 def save_model(result: TrainResult, run_id: str, registry: RegistryConfig) -> SavedModel:
-    StreamVLNForCausalLM.from_pretrained(result.output_dir)  # fails loudly on a broken save
+    check_saved_files(result.output_dir)  # names and shapes from the headers; no tensor is read
     info = log_checkpoint_model(result.output_dir, run_id)
     version = mlflow.register_model(info.model_uri, registry.model_name)
     client = mlflow.MlflowClient()

@@ -25,7 +25,12 @@ from streamvln_model.data.index import build_index
 from streamvln_model.data.vln_dataset import VLNActionDataset
 from streamvln_model.synthetic.checkpoint import preset_config
 from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import build_image_processor, resolve_vision_config, tokens_per_frame
+from streamvln_model.vision import (
+    KNOWN_TOWERS,
+    build_image_processor,
+    resolve_vision_config,
+    tokens_per_frame,
+)
 
 MEM, IMG, IGN = -300, -200, -100
 HIDDEN, VISION_HIDDEN, VOCAB = 32, 16, 1000
@@ -430,7 +435,10 @@ def test_checkpoint_layout_and_reload(tmp_path: Path) -> None:
 
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["architectures"] == ["StreamVLNForCausalLM"]
-    assert config["model_type"] == "streamvln"
+    # Written as published checkpoints are (transformers 4.45 knows "qwen2", not "streamvln"), with
+    # the 4.x RoPE key beside transformers 5's `rope_parameters`.
+    assert config["model_type"] == "qwen2"
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
     expected_fields = {
         "mm_vision_tower": "synthetic/siglip-test",
         "mm_projector_type": "mlp2x_gelu",
@@ -454,6 +462,9 @@ def test_checkpoint_layout_and_reload(tmp_path: Path) -> None:
     reloaded = StreamVLNForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert not reloaded.training
     assert torch.equal(logits_of(reloaded), reference)
+    # Folders saved with the former `model_type: "streamvln"` still resolve through the Auto classes.
+    config["model_type"] = "streamvln"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
     auto = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
     assert type(auto) is StreamVLNForCausalLM
     assert torch.equal(logits_of(auto), reference)
@@ -487,6 +498,49 @@ def test_published_style_config_loads(tmp_path: Path, model_type: str, architect
     mine, theirs = model.state_dict(), loaded.state_dict()
     assert set(mine) == set(theirs)
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)  # image_newline included
+
+
+def test_config_written_the_published_way_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json as the published code writes it: model_type qwen2, RoPE only as `rope_theta`, no
+    `vision_config` (sizes come from the public tower id) and none of our other additions.
+
+    A real so400m tower has 400M parameters; what is tested here is the lookup by public id (its
+    real sizes: test_known_public_tower), so the id's entry is shrunk to this test's tower.
+    """
+    public = "google/siglip-so400m-patch14-384"
+    model = tiny_model(rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    reference = logits_of(model)
+    model.save_pretrained(tmp_path / "ours")
+    stored = model.config.vision_config
+    # KNOWN_TOWERS lists the public tower; how many layers the stored one lacks is the resolver's
+    # rule (LLaVA: one), so the entry is sized by asking the resolver once.
+    monkeypatch.setitem(KNOWN_TOWERS, public, dict(stored))
+    lacking = (
+        stored["num_hidden_layers"]
+        - resolve_vision_config(StreamVLNConfig(mm_vision_tower=public)).num_hidden_layers
+    )
+    monkeypatch.setitem(
+        KNOWN_TOWERS, public, {**stored, "num_hidden_layers": stored["num_hidden_layers"] + lacking}
+    )
+
+    published = shutil.copytree(tmp_path / "ours", tmp_path / "published")
+    config = json.loads((published / "config.json").read_text())
+    ours_only = ("vision_config", "rope_parameters", "rope_scaling", "dtype", "torch_dtype", "layer_types")
+    for key in (*ours_only, "mm_vision_tower_dropped_layers", "transformers_version"):
+        config.pop(key, None)
+    config.update(
+        model_type="qwen2",
+        architectures=["StreamVLNForCausalLM"],
+        rope_theta=1e6,
+        rope_scaling=None,
+        mm_vision_tower=public,
+        transformers_version="4.45.1",
+    )
+    (published / "config.json").write_text(json.dumps(config))
+    loaded = StreamVLNForCausalLM.from_pretrained(published)
+    assert loaded.config.vision_config is None
+    assert loaded.config.rope_parameters == {"rope_type": "default", "rope_theta": 1e6}
+    assert torch.equal(logits_of(loaded), reference)
 
 
 # --- Vision tower config -------------------------------------------------------------------------

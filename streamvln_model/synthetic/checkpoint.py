@@ -13,6 +13,7 @@ import torch
 
 from ..configuration import StreamVLNConfig
 from ..modeling import StreamVLNForCausalLM
+from ..saving import save_checkpoint_folder
 from ..tokenizer import load_tokenizer
 from ..vision import build_image_processor, resolve_vision_config
 
@@ -26,6 +27,27 @@ PRESETS: dict[str, dict] = {
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 112,
+            "patch_size": 14,
+            "layer_norm_eps": 1e-6,
+            "hidden_act": "gelu_pytorch_tanh",
+        },
+    },
+    # ~10x the tiny preset's weight bytes (~0.8 GB in fp32, nearly all in the 151,936-row embedding
+    # and lm_head), same tower and depth: for checks that must not scale with checkpoint size.
+    "small": {
+        "llm": {
+            "hidden_size": 640,
+            "intermediate_size": 1280,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 8,
             "num_key_value_heads": 2,
         },
         "vision": {
@@ -65,7 +87,8 @@ def preset_config(preset: str = "tiny") -> StreamVLNConfig:
 
 
 def write_checkpoint(out: str | Path, preset: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
-    """Write model + tokenizer + image processor; built aside and renamed, never half-written."""
+    """Write model + tokenizer + image processor (+ tower folder, see saving.py); built aside and
+    renamed, never half-written."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
@@ -76,9 +99,9 @@ def write_checkpoint(out: str | Path, preset: str = "tiny", seed: int = 0, overw
     model = StreamVLNForCausalLM(config)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    load_tokenizer().save_pretrained(partial)
-    build_image_processor(resolve_vision_config(config)).save_pretrained(partial)
+    # The tower folder's path in config.json must be the final one, not the `.partial` one.
+    image_processor = build_image_processor(resolve_vision_config(config))
+    save_checkpoint_folder(model, load_tokenizer(), image_processor, partial, final_dir=out)
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
