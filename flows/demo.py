@@ -16,16 +16,34 @@ from pathlib import Path
 DEMO_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 
 
-def configure_embedded(workdir: Path) -> None:
-    """Set before Prefect/MLflow are imported: their settings are read at import time."""
-    workdir = workdir.resolve()
-    os.environ.setdefault("PREFECT_HOME", str(workdir / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect's embedded (ephemeral) server, for every command that runs the flow without
+# PREFECT_API_URL. Its default 20 s startup timeout is too short on a loaded 2-core machine,
+# where the server needs 20-30 s; with a server configured these settings change nothing.
+EMBEDDED_PREFECT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+}
+
+
+def configure_embedded(workdir: Path | None = None) -> None:
+    """Defaults for running the flow with embedded services; what the environment sets wins.
+
+    Call before Prefect/MLflow are imported: they read their settings at import time. With a
+    `workdir` (the demo), Prefect's state, MLflow tracking and the offline switches go there
+    too; without one (`streamvln train`), they stay where the README's table says.
+    """
+    settings = dict(EMBEDDED_PREFECT)
+    if workdir is not None:
+        workdir = workdir.resolve()
+        settings |= {
+            "PREFECT_HOME": str(workdir / ".prefect"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "HF_HUB_OFFLINE": "1",
+        }
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
 
 
 def prefect_ui_command() -> str:

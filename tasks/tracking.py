@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from prefect import task
 from prefect.runtime import flow_run
 
+from tasks.caching import side_effect_task
 from tasks.types import DataPlan, GradientPlan, ResolvedArguments
 
 
@@ -17,7 +17,7 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-@task(name="open-mlflow-run")
+@side_effect_task("open-mlflow-run")
 def open_run(experiment_name: str, arguments: ResolvedArguments) -> str:
     """Create the run the workers report into (left RUNNING); params = the resolved arguments."""
     experiment = mlflow.set_experiment(experiment_name)
@@ -40,7 +40,7 @@ def close_run(run_id: str, succeeded: bool) -> None:
     mlflow.MlflowClient().set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
 
 
-@task(name="log-plan-artifacts")
+@side_effect_task("log-plan-artifacts")
 def log_plan(
     run_id: str, arguments: ResolvedArguments, data: DataPlan, gradients: GradientPlan, plan_path: str
 ) -> None:

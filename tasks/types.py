@@ -1,37 +1,60 @@
-"""Typed, serialisable results of the stage tasks (persisted by Prefect, read by later stages)."""
+"""Typed, serialisable results of the stage tasks (persisted by Prefect, read by later stages).
+
+Results are stored as JSON and read back only as one of the models listed in `RESULT_TYPES`
+(see `tasks.caching.StageResultSerializer`): plain data, never code. Free-form fields are
+`JsonObject`s, normalised to JSON values when the model is built, so a plan computed in this
+run is equal to the same plan read back from the cache (a tuple would otherwise come back as a
+list, a Path as a str).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
-
-
-class ResolvedArguments(BaseModel):
-    flags: dict[str, Any]
-    model: dict[str, Any]
-    data: dict[str, Any]
-    training: dict[str, Any]
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import to_jsonable_python
 
 
-class EnvironmentPlan(BaseModel):
+def _json_values(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON's view of `value`; unknown objects become `str(obj)`, as in plan.json."""
+    return to_jsonable_python(value, fallback=str)
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_values)]
+
+
+class StageResult(BaseModel):
+    """Base of every stage result: unknown fields are refused, also when read from the cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResolvedArguments(StageResult):
+    flags: JsonObject
+    model: JsonObject
+    data: JsonObject
+    training: JsonObject
+
+
+class EnvironmentPlan(StageResult):
     device: str
     world_size: int
     nproc_per_node: int
     nnodes: int
     compute_dtype: str
-    worker_flags: dict[str, Any]
-    deepspeed_config: dict[str, Any] | None = None
+    worker_flags: JsonObject
+    substitutions: list[str] = []
+    deepspeed_config: JsonObject | None = None
 
 
-class ModelPlan(BaseModel):
+class ModelPlan(StageResult):
     checkpoint: str
-    config: dict[str, Any]
+    config: JsonObject
     total_parameters: int
     unexpected_weights: list[str]
 
 
-class TokenizerPlan(BaseModel):
+class TokenizerPlan(StageResult):
     path: str
     vocab_size: int
     image_token_id: int
@@ -39,7 +62,7 @@ class TokenizerPlan(BaseModel):
     always_learned: list[int]
 
 
-class VisionPlan(BaseModel):
+class VisionPlan(StageResult):
     image_size: int
     patch_size: int
     patches_per_side: int
@@ -48,25 +71,25 @@ class VisionPlan(BaseModel):
     pool_stride: int
 
 
-class GradientPlan(BaseModel):
+class GradientPlan(StageResult):
     parts: list[str]
     counts: dict[str, int]
 
 
-class DataPlan(BaseModel):
+class DataPlan(StageResult):
     index_path: str
     fingerprint: str
-    summary: dict[str, Any]
+    summary: JsonObject
 
 
-class TrainerPlan(BaseModel):
+class TrainerPlan(StageResult):
     plan_path: str
     output_dir: str
     command: list[str]
     resume_from: str | None
 
 
-class TrainResult(BaseModel):
+class TrainResult(StageResult):
     output_dir: str
     steps: int
     world_size: int
@@ -75,9 +98,27 @@ class TrainResult(BaseModel):
     losses: list[tuple[int, float]]
 
 
-class SavedModel(BaseModel):
+class SavedModel(StageResult):
     output_dir: str
     model_uri: str
     registered_name: str
     version: str
     alias: str
+
+
+# The only classes a cached or persisted result may decode to (by class name).
+RESULT_TYPES: dict[str, type[StageResult]] = {
+    cls.__name__: cls
+    for cls in (
+        ResolvedArguments,
+        EnvironmentPlan,
+        ModelPlan,
+        TokenizerPlan,
+        VisionPlan,
+        GradientPlan,
+        DataPlan,
+        TrainerPlan,
+        TrainResult,
+        SavedModel,
+    )
+}

@@ -8,19 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from PIL import Image
 
 from streamvln_model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from tests.helpers import read_annotations
+from tasks.training import LAUNCHER_FAILED, root_cause
+from tests.helpers import copy_dataset, read_annotations
 
 STREAMVLN = Path(sys.executable).parent / "streamvln"
+TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
 NUM_FRAMES, NUM_HISTORY, NUM_FUTURE = 32, 8, 4
 
 
-def streamvln(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
+def streamvln(
+    *args: str | Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(STREAMVLN), *map(str, args)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -120,3 +125,83 @@ def test_bad_input_exits_2_naming_the_file(tmp_path, tiny_checkpoint):
     assert f"{source.resolve()}/annotations.json: missing" in done.stderr
     assert done.stderr.startswith("streamvln data: error: 1 data problem(s)")
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_config_that_is_not_yaml_exits_2_naming_the_file_and_debug_shows_the_traceback(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("request:\n  model_name_or_path: [work/tiny-init\n  output_dir: out\n")
+    done = streamvln("train", config)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "streamvln train: error:" in done.stderr and str(config) in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+    debug = streamvln("--debug", "train", config)
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+
+    config.write_text(yaml.safe_dump({"launch": {"nproc_per_node": 0}}))  # pydantic refuses it
+    refused = streamvln("train", config)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert refused.stderr.startswith("streamvln train: error:") and "validation error" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_torchrun_failure_summary_names_the_failing_rank(tmp_path):
+    """The real summary of the installed torch: rank 1 exits with 3 while rank 0 still runs."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(
+        "import os, sys, time\nif os.environ['RANK'] == '1':\n    sys.exit(3)\ntime.sleep(30)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).splitlines()
+    marker = next(i for i, line in enumerate(lines) if "Root Cause (first observed failure)" in line)
+    assert root_cause(lines[marker:]) == (1, 3)
+    # Where torchrun's own report starts (the tail of the workers' output ends there).
+    assert [line for line in lines if LAUNCHER_FAILED.search(line)] == [
+        line for line in lines if "failed (exitcode: 3) local_rank: 1" in line
+    ]
+
+
+def test_failed_training_exits_1_naming_the_rank_and_the_log(
+    prefect_harness, tiny_checkpoint, synthetic_data, tmp_path
+):
+    # Frames that are no images: planning lists frames but never decodes them, the worker does.
+    data = copy_dataset(synthetic_data, tmp_path / "data")
+    for frame in data.rglob("*.jpg"):
+        frame.write_bytes(b"not a jpeg")
+    preset = yaml.safe_load(TINY_PRESET.read_text())
+    output_dir = tmp_path / "out"
+    preset["request"] |= {
+        "model_name_or_path": str(tiny_checkpoint),
+        "video_folder": str(data),
+        "output_dir": str(output_dir),
+        "max_steps": 1,
+    }
+    preset["launch"] |= {"nproc_per_node": 1}
+    preset["registry"] = {"experiment_name": "cli-failures", "model_name": "never-registered"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(preset))
+
+    done = streamvln(
+        "train",
+        config,
+        timeout=600,
+        env={
+            "PREFECT_API_URL": prefect_harness.api_url,
+            "PREFECT_HOME": str(prefect_harness.home),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_harness.results_path),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        },
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
+    report = done.stderr[done.stderr.rindex("streamvln train: ") :]
+    assert report.startswith("streamvln train: training failed on rank 0 (exit code 1); last lines:\n")
+    assert report.rstrip().endswith(f"full log: {output_dir.resolve() / 'train.log'}")
+    assert "cannot identify image file" in report  # the worker's own error, from the log's tail
+    assert "ChildFailedError" not in report  # torchrun's own traceback stays in the log
