@@ -1,4 +1,9 @@
-"""`streamvln`: synthetic data and checkpoints, data preview, the end-to-end demo."""
+"""`streamvln`: synthetic data and checkpoints, data preview, the end-to-end demo.
+
+Every command speaks in one voice: refused input ends with `streamvln <cmd>: error: <message>`
+on stderr and exit code 2 (argparse's own code for bad usage), a failed training with the
+failing rank, the log's last lines and its path and exit code 1. `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
 
 
 def _synth_trajectories(args) -> None:
@@ -57,22 +66,35 @@ def _demo(args) -> None:
 
 
 def _train(args) -> None:
-    from flows.presets import preset_parameters
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+    from flows.presets import load_preset
+    from streamvln_model.data.errors import DataValidationError
+    from streamvln_model.preflight import PreflightError, preflight
+    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest, request_arguments
 
-    config = preset_parameters(args.config)
-    result = streamvln_train(
-        request=TrainRequest(**config.get("request", {})),
-        launch=LaunchConfig(**config.get("launch", {})),
-        registry=RegistryConfig(**config.get("registry", {})),
-        plan_only=args.plan_only,
-    )
+    config, problems = load_preset(args.config)
+    request = TrainRequest(**config.get("request", {}))
+    launch = LaunchConfig(**config.get("launch", {}))
+    registry = RegistryConfig(**config.get("registry", {}))
+    # Every preset, argument, machine, checkpoint and tokenizer problem at once, in seconds, before
+    # the embedded Prefect server starts; the flow's stages run the same checks for UI runs.
+    try:
+        preflight(request_arguments(request), launch.device, launch.nproc_per_node)
+    except DataValidationError as err:  # unknown flags, or what preflight found
+        problems += err.problems
+    if problems:
+        raise PreflightError(problems)
+
+    from flows.train import streamvln_train
+
+    result = streamvln_train(request=request, launch=launch, registry=registry, plan_only=args.plan_only)
     print(result.model_dump_json(indent=None if args.json else 2))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvln", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a refused input or failed training"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic data or checkpoints").add_subparsers(
@@ -112,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--plan-only", action="store_true", help="validate and plan; do not train")
     run.add_argument("--json", action="store_true")
-    run.set_defaults(run=_train)
+    run.set_defaults(run=_train, embedded=True)
 
     demo = commands.add_parser("demo", help="train a tiny model on synthetic data through the real flow")
     demo.add_argument("--workdir", default="work/demo")
@@ -123,13 +145,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loaded_class(module: str, name: str) -> type | None:
+    """`module.name` if that module is already imported, else None.
+
+    An exception of a class from a module nobody imported cannot have been raised, so checking
+    this way costs nothing for commands that never load Prefect or the training stage.
+    """
+    return getattr(sys.modules.get(module), name, None)
+
+
+def _original(err: BaseException) -> BaseException:
+    """The exception behind Prefect's wrappers (a Prefect exception raised `from` the original).
+
+    Calling a failed flow re-raises the failing task's own exception; this only matters where
+    Prefect wraps one (e.g. a crashed run), so the message shown is the original one.
+    """
+    seen: set[int] = set()
+    while type(err).__module__.startswith("prefect") and err.__cause__ is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__
+    return err
+
+
+def _refused_input(err: BaseException, args: argparse.Namespace) -> str | None:
+    """The message for an exception that means bad input, or None for anything else (a bug).
+
+    ValueError covers pydantic's ValidationError and DataValidationError; OSError covers
+    FileNotFoundError and FileExistsError; Prefect refuses flow parameters of the wrong type
+    with its own exceptions; a config that is not YAML is named with the line it breaks on.
+    """
+    import yaml
+
+    if isinstance(err, yaml.YAMLError):
+        return _yaml_message(err, getattr(args, "config", None))
+    prefect_refusals = tuple(
+        cls
+        for name in ("ParameterTypeError", "ParameterBindError")
+        if (cls := _loaded_class("prefect.exceptions", name)) is not None
+    )
+    if isinstance(err, (ValueError, OSError, *prefect_refusals)):
+        return str(err)
+    return None
+
+
+def _yaml_message(err: Any, source: str | None) -> str:
+    """`FILE:LINE:COLUMN: invalid YAML: <problem>`; PyYAML itself only knows "<unicode string>"."""
+    mark = getattr(err, "problem_mark", None)
+    where = source or (mark.name if mark else "config")
+    if mark is not None:
+        where += f":{mark.line + 1}:{mark.column + 1}"
+    problem = ", ".join(
+        str(part) for part in (getattr(err, "context", None), getattr(err, "problem", None)) if part
+    )
+    return f"{where}: invalid YAML: {problem or err}"
+
+
+def _report(err: BaseException, args: argparse.Namespace) -> int | None:
+    """Print what went wrong in the CLI's voice and return the exit code; None: not ours to explain."""
+    err = _original(err)
+    command = f"streamvln {args.command}"
+    training_failed = _loaded_class("tasks.training", "TrainingFailed")
+    if training_failed is not None and isinstance(err, training_failed):
+        print(
+            f"{command}: {err.summary}; last lines:",
+            *err.tail,
+            f"full log: {err.log_path}",
+            sep="\n",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    message = _refused_input(err, args)
+    if message is None:
+        return None
+    print(f"{command}: error: {message}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "embedded", False):  # runs the flow: embedded-server settings, before Prefect loads
+        from flows.demo import configure_embedded
+
+        configure_embedded()
     try:
         args.run(args)
-    except (ValueError, FileExistsError, OSError) as err:  # bad input: a clear message, no traceback
-        print(f"streamvln {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        code = None if args.debug else _report(err, args)
+        if code is None:  # --debug, or an error that is not about the input: show the traceback
+            raise
+        return code
     return 0
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
+from streamvln_model.secrets import split_secrets
 from streamvln_model.tokenizer import cache_root
 from tasks.arguments import resolve_arguments
 from tasks.data import build_data_module
@@ -40,6 +41,11 @@ class TrainFlowResult(BaseModel):
     world_size: int | None = None
     first_loss: float | None = None
     last_loss: float | None = None
+
+
+def secret_environment(request: TrainRequest) -> dict[str, SecretStr]:
+    """Secrets typed into the request, as the environment variables the workers read them from."""
+    return {name: SecretStr(value) for name, value in split_secrets(request.flags())[1].items()}
 
 
 def default_plan_root() -> str:
@@ -89,7 +95,7 @@ def streamvln_train(
     try:
         log_plan(run_id, arguments, data, gradients, trainer_plan.plan_path)
         trained = train.with_options(retries=train_retries)(
-            trainer_plan, run_id, result.tracking_uri, launch.timeout_s
+            trainer_plan, run_id, result.tracking_uri, launch.timeout_s, secret_environment(request)
         )
         saved = save_model(trained, run_id, registry)
         succeeded = True

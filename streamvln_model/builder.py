@@ -13,13 +13,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .arguments import UNSUPPORTED, DataArguments, ModelArguments, TrainingArguments
+from .arguments import DataArguments, ModelArguments, TrainingArguments
 from .configuration import StreamVLNConfig
 from .conversation import TokenSpec, prepare_tokenizer
 from .data.errors import DataValidationError
-from .data.sampling import validate_sampling
-from .freezing import parse_tunable_parts
 from .modeling import StreamVLNForCausalLM
+from .precision import weight_dtype
 
 WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_FILE = "model.safetensors"
@@ -28,49 +27,6 @@ WEIGHT_FILE = "model.safetensors"
 def tokenizer_path(model_args: ModelArguments) -> str | None:
     """`--tokenizer_name_or_path`, else the checkpoint folder (which normally holds the tokenizer)."""
     return model_args.tokenizer_name_or_path or model_args.model_name_or_path
-
-
-def validate_arguments(
-    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
-) -> None:
-    """Every argument problem at once, before any data scan or process launch."""
-    problems: list[str] = []
-    path = Path(model_args.model_name_or_path or "")
-    if not model_args.model_name_or_path:
-        problems.append("--model_name_or_path: missing. Fix: pass a local checkpoint folder (LLaVA layout)")
-    elif not (path / "config.json").is_file():
-        problems.append(
-            f"--model_name_or_path {path}: no config.json there. Fix: point it at a local checkpoint folder "
-            "(`streamvln synth checkpoint OUT` makes a tiny one)"
-        )
-    tokenizer = Path(tokenizer_path(model_args) or "")
-    if model_args.model_name_or_path and not (tokenizer / "tokenizer_config.json").is_file():
-        problems.append(
-            f"tokenizer folder {tokenizer}: no tokenizer_config.json. Fix: pass --tokenizer_name_or_path"
-        )
-    if not data_args.video_folder and not data_args.data_index:
-        problems.append("--video_folder: missing. Fix: pass comma-separated trajectory folders")
-    for flag, (is_set, why) in UNSUPPORTED.items():
-        if is_set(model_args, data_args, training_args):
-            problems.append(f"--{flag}: {why}")
-    try:
-        parse_tunable_parts(model_args.mm_tunable_parts)
-    except ValueError as err:
-        problems.append(str(err))
-    try:
-        validate_sampling(data_args.num_frames, data_args.num_history, data_args.num_future_steps)
-    except DataValidationError as err:
-        problems += err.problems
-    if problems:
-        raise DataValidationError(problems)
-
-
-def compute_dtype(training_args: TrainingArguments) -> torch.dtype:
-    if training_args.bf16:
-        return torch.bfloat16
-    if training_args.fp16:
-        return torch.float16
-    return torch.float32
 
 
 def model_config(
@@ -89,6 +45,8 @@ def model_config(
         "mm_spatial_pool_stride": model_args.mm_spatial_pool_stride,
         "mm_newline_position": model_args.mm_newline_position,
         "mm_patch_merge_type": model_args.mm_patch_merge_type,
+        "mm_vision_select_layer": model_args.mm_vision_select_layer,
+        "mm_vision_select_feature": model_args.mm_vision_select_feature,
         "mm_tunable_parts": model_args.mm_tunable_parts,
         "num_history": data_args.num_history,
         "num_future_steps": data_args.num_future_steps,
@@ -108,33 +66,48 @@ def meta_model(config: StreamVLNConfig) -> StreamVLNForCausalLM:
         return StreamVLNForCausalLM(config)
 
 
-def checkpoint_keys(path: str | Path) -> set[str]:
-    """Weight names from safetensors headers only (no tensor is read)."""
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Weight name -> shape from the safetensors headers only (no tensor is read)."""
     path = Path(path)
     if (path / WEIGHT_INDEX).is_file():
-        return set(json.loads((path / WEIGHT_INDEX).read_text())["weight_map"])
-    if (path / WEIGHT_FILE).is_file():
-        with safe_open(str(path / WEIGHT_FILE), framework="pt") as handle:
-            return set(handle.keys())
-    raise DataValidationError(
-        [f"{path}: neither {WEIGHT_FILE} nor {WEIGHT_INDEX}. Fix: save the model as safetensors"]
-    )
-
-
-def check_checkpoint(path: str | Path, model: StreamVLNForCausalLM) -> dict[str, list[str]]:
-    """Compare stored weight names with the model's; missing weights are an error before launch."""
-    stored = checkpoint_keys(path)
-    expected = set(model.state_dict())
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    missing = sorted(expected - stored - tied)
-    if missing:
+        shards = sorted(set(json.loads((path / WEIGHT_INDEX).read_text())["weight_map"].values()))
+    elif (path / WEIGHT_FILE).is_file():
+        shards = [WEIGHT_FILE]
+    else:
         raise DataValidationError(
-            [
-                f"{path}: checkpoint lacks weight {name!r}. Fix: use a full StreamVLN/LLaVA-Video checkpoint"
-                for name in missing
-            ]
+            [f"{path}: neither {WEIGHT_FILE} nor {WEIGHT_INDEX}. Fix: save the model as safetensors"]
         )
-    return {"missing": missing, "unexpected": sorted(stored - expected)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in shards:
+        with safe_open(str(path / shard), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def checkpoint_keys(path: str | Path) -> set[str]:
+    """Weight names from safetensors headers only (no tensor is read)."""
+    return set(checkpoint_shapes(path))
+
+
+def checkpoint_problems(path: str | Path, model: StreamVLNForCausalLM) -> tuple[list[str], list[str]]:
+    """(problems, unexpected names): every missing or wrongly shaped weight, named, before loading."""
+    stored = checkpoint_shapes(path)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    problems = []
+    for name, tensor in model.state_dict().items():
+        if name in tied:
+            continue
+        if name not in stored:
+            problems.append(
+                f"{path}: checkpoint lacks weight {name!r}. Fix: use a full StreamVLN/LLaVA-Video checkpoint"
+            )
+        elif stored[name] != tuple(tensor.shape):
+            problems.append(
+                f"{path}: weight {name!r} has shape {list(stored[name])} in the checkpoint but the config "
+                f"expects {list(tensor.shape)}. Fix: config.json and the weights come from different models"
+            )
+    return problems, sorted(set(stored) - set(model.state_dict()))
 
 
 def load_model(
@@ -144,7 +117,7 @@ def load_model(
     return StreamVLNForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         config=config,
-        dtype=compute_dtype(training_args),
+        dtype=weight_dtype(training_args),
         attn_implementation=training_args.attn_implementation,
     )
 

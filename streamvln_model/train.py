@@ -1,12 +1,15 @@
 """The training worker: `torchrun --nproc_per_node=N -m streamvln_model.train <published flags>`.
 
-Also `... -m streamvln_model.train --plan plan.json`: the flags the flow's trainer stage wrote.
+Also `... -m streamvln_model.train --plan plan.json`: the resolved run the flow's trainer stage
+wrote (flags as typed data plus the launch machine's flags; no string round trip), and
+`python -m streamvln_model.train --print_arguments <flags>`: the resolved arguments as JSON, for
+checking a command line without training.
 
-Reads the three argument dataclasses, then: sample index (validated first, so bad data fails
-before weights load) -> model -> freezing -> tokenizer -> image preprocessing (defined by the
-tower) -> dataset -> Trainer; trains and saves a full model folder that `from_pretrained` loads.
-With `--data_index` (written by the Prefect flow) it memory-maps the validated index instead of
-scanning the data again. With `MLFLOW_RUN_ID` set, rank 0 logs per-step metrics into that run.
+Order matters and reads top to bottom: arguments -> preflight (every problem at once, before
+any weight loads) -> sample index (validated, so bad data fails before the model loads) ->
+model -> freezing -> tokenizer -> image preprocessing (defined by the tower) -> dataset ->
+Trainer -> train -> save (and reload check). With `MLFLOW_RUN_ID` set, rank 0 logs per-step
+metrics into that run.
 """
 
 from __future__ import annotations
@@ -21,17 +24,28 @@ import datasets
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
-from .arguments import DataArguments, TrainingArguments, parser
-from .builder import load_model, load_prepared_tokenizer, validate_arguments
+from .arguments import Arguments, DataArguments, TrainingArguments, as_data, resolve_argv, resolve_flags
+from .builder import load_model, load_prepared_tokenizer
 from .data.annotations import load_episodes
 from .data.collator import DataCollatorForNavigation
+from .data.errors import DataValidationError
 from .data.index import build_index, load_index
 from .data.vln_dataset import VLNActionDataset
 from .freezing import apply_freezing, trainable_parts
+from .preflight import MachinePlan, preflight
+from .saving import save_trained_model
+from .secrets import move_secrets_to_env, secrets_in_environment
 from .trainer import MlflowRunCallback, ProgressCallback, StreamVLNTrainer
 from .vision import build_image_processor
 
 logger = logging.getLogger("streamvln.train")
+
+PLAN_FLAG = "--plan"
+PRINT_FLAG = "--print_arguments"
+# Per-process values that legitimately differ between the flow's resolution and a worker's, and
+# values transformers derives from the launch machine's flags (use_cpu turns pin_memory off).
+PER_PROCESS_FIELDS = frozenset({"local_rank"})
+LAUNCH_DERIVED_FIELDS = frozenset({"dataloader_pin_memory"})
 
 
 def load_or_build_index(data_args: DataArguments) -> datasets.Dataset:
@@ -74,29 +88,84 @@ def _report_to(training_args: TrainingArguments) -> None:
         training_args.report_to = [r for r in training_args.report_to if r != "mlflow"] or ["none"]
 
 
-def save_trained_model(trainer: StreamVLNTrainer, tokenizer, image_processor, output_dir: str) -> None:
-    trainer.save_state()
-    trainer.model.config.use_cache = True
-    trainer.save_model(output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(output_dir)
-        image_processor.save_pretrained(output_dir)
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
-def worker_argv(argv: list[str]) -> list[str]:
-    """`--plan plan.json [more flags]` -> the plan's flags followed by the extra ones (which win)."""
-    if argv[:1] != ["--plan"]:
-        return argv
-    if len(argv) < 2:
-        raise SystemExit("--plan needs the path of a plan.json written by the flow")
-    plan = json.loads(Path(argv[1]).read_text())
-    return [*plan["worker_argv"], *argv[2:]]
+def load_plan_arguments(plan_path: str | Path) -> Arguments:
+    """The run the flow resolved: its flags plus the launch flags, re-resolved and checked equal."""
+    plan = json.loads(Path(plan_path).read_text())
+    arguments = resolve_flags({**plan["flags"], **plan["worker_flags"]})
+    ignored = PER_PROCESS_FIELDS | LAUNCH_DERIVED_FIELDS | set(plan["worker_flags"])
+    mismatched = plan_mismatches(plan["arguments"], as_data(arguments), ignored)
+    if mismatched:
+        raise SystemExit(
+            f"{plan_path}: this worker resolves {', '.join(mismatched)} differently from the flow that wrote "
+            "the plan (different library versions?). Fix: install the same streamvln-pipeline and "
+            "transformers "
+            "on the flow host and the workers"
+        )
+    return arguments
+
+
+def plan_mismatches(planned: dict, resolved: dict, ignored: set[str] | frozenset[str]) -> list[str]:
+    """Fields (group.name) whose resolved value differs from the plan's, outside `ignored`."""
+    return sorted(
+        f"{group}.{key}"
+        for group, values in planned.items()
+        for key, value in values.items()
+        if key not in ignored and resolved[group].get(key) != value
+    )
+
+
+def command_line_arguments(argv: list[str]) -> Arguments:
+    """The published command line. On a host without CUDA, torchrun needs `--use_cpu --ddp_backend
+    gloo` for one real process group (else each process trains alone at world size 1): added here,
+    and reported, before TrainingArguments sets up the device."""
+    if not _cuda_available() and not any(a.split("=")[0] == "--use_cpu" for a in argv):
+        logger.info("no CUDA device on this host: adding --use_cpu true --ddp_backend gloo")
+        argv = [*argv, "--use_cpu", "true", "--ddp_backend", "gloo"]
+    return resolve_argv(argv)
+
+
+def worker_arguments(argv: list[str]) -> Arguments:
+    if argv[:1] == [PLAN_FLAG]:
+        if len(argv) != 2:
+            raise SystemExit("--plan takes exactly one argument: the plan.json the flow wrote")
+        return load_plan_arguments(argv[1])
+    return command_line_arguments(argv)
+
+
+def print_arguments(argv: list[str]) -> None:
+    """Resolve a command line exactly as training would (host-independent part) and print it."""
+    arguments = resolve_argv(argv)
+    sys.stdout.write(json.dumps(as_data(arguments), indent=1, sort_keys=True, default=str) + "\n")
+
+
+def apply_machine_plan(training_args: TrainingArguments, plan: MachinePlan) -> None:
+    """Substitutions preflight decided (attention kernel, TF32), logged once by rank 0."""
+    for key in ("attn_implementation", "tf32"):
+        if key in plan.worker_flags:
+            setattr(training_args, key, plan.worker_flags[key])
+    if training_args.process_index == 0:
+        for line in plan.substitutions:
+            logger.warning("substitution: %s", line)
 
 
 def train(argv: list[str] | None = None) -> None:
-    argv = worker_argv(list(sys.argv[1:] if argv is None else argv))
-    model_args, data_args, training_args = parser().parse_args_into_dataclasses(args=argv)
-    validate_arguments(model_args, data_args, training_args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arguments = worker_arguments(argv)
+    model_args, data_args, training_args = arguments.as_tuple()
+    move_secrets_to_env(training_args)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    device = "cpu" if training_args.use_cpu else "auto"
+    apply_machine_plan(training_args, preflight(arguments, device, local_world))
+    if secrets_in_environment() and training_args.process_index == 0:
+        logger.info("secrets from the environment: %s", ", ".join(secrets_in_environment()))
+    if training_args.verbose_logging and training_args.process_index == 0:
+        logger.info("resolved arguments: %s", json.dumps(as_data(arguments), default=str))
     _report_to(training_args)
     transformers.set_seed(training_args.seed)
 
@@ -105,6 +174,10 @@ def train(argv: list[str] | None = None) -> None:
     index = load_or_build_index(data_args)
     model = load_model(model_args, data_args, training_args)
     counts = apply_freezing(model, trainable_parts(model_args, training_args))
+    never_used = set(model.unused_parameter_names())
+    for name, param in model.named_parameters():
+        if name in never_used:
+            param.requires_grad_(False)
     logger.info(
         "world size %d; parameters: total %d, trainable %d",
         training_args.world_size,
@@ -133,7 +206,15 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout
     )
-    train()
+    argv = sys.argv[1:]
+    try:
+        if PRINT_FLAG in argv:
+            print_arguments([a for a in argv if a != PRINT_FLAG])
+        else:
+            train(argv)
+    except DataValidationError as err:  # bad input: the problems, not a traceback per rank
+        sys.stderr.write(f"streamvln worker: error: {err}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,18 @@ PROGRESS_PREFIX = "streamvln-progress "
 
 
 class StreamVLNTrainer(Trainer):
-    """Adds the published parameter groups: projector and vision tower may have their own lr."""
+    """Adds the published parameter groups: projector and vision tower may have their own lr.
+
+    With `--loss_per_micro_batch` the loss is the published one (transformers 4.45): each
+    micro-batch's mean, divided by the accumulation steps. By default transformers 5 hands the
+    model the label-token count of the whole accumulated batch, so every label token weighs the
+    same whatever micro-batch it sits in.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.loss_per_micro_batch:
+            self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None):
         args = self.args

@@ -1,24 +1,23 @@
-"""Stage 3, Model Setup: the config with overwrites, instantiated on the meta device (no weights)."""
+"""Stage 3, Model Setup: the config with overwrites, instantiated on the meta device (no weights).
+
+Every weight the config expects is checked by name and shape against the checkpoint's
+safetensors headers (the same preflight check the standalone worker runs before loading).
+"""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from prefect import get_run_logger
 
-from streamvln_model.arguments import DataArguments, ModelArguments
-from streamvln_model.builder import check_checkpoint, meta_model, model_config
+from streamvln_model.arguments import Arguments, resolve_flags
+from streamvln_model.builder import meta_model, model_config
+from streamvln_model.preflight import PreflightError, checkpoint_report
 from tasks.caching import planning_task
 from tasks.types import ModelPlan, ResolvedArguments
 
 
-def parsed(arguments: ResolvedArguments) -> tuple[ModelArguments, DataArguments, SimpleNamespace]:
-    """The dataclasses again from the resolved dicts; training as a plain namespace (no device setup)."""
-    return (
-        ModelArguments(**arguments.model),
-        DataArguments(**arguments.data),
-        SimpleNamespace(**arguments.training),
-    )
+def parsed(arguments: ResolvedArguments) -> Arguments:
+    """The three dataclasses again, from the resolved flags (the one resolver every path uses)."""
+    return resolve_flags(arguments.flags)
 
 
 def checkpoint_paths(inputs: dict) -> list[str]:
@@ -27,15 +26,16 @@ def checkpoint_paths(inputs: dict) -> list[str]:
 
 @planning_task("model-setup", reads=checkpoint_paths)
 def plan_model(arguments: ResolvedArguments) -> ModelPlan:
-    model_args, data_args, training_args = parsed(arguments)
-    config = model_config(model_args, data_args, training_args)
-    model = meta_model(config)
-    keys = check_checkpoint(model_args.model_name_or_path, model)
-    total = sum(p.numel() for p in model.parameters())
-    get_run_logger().info("model %s: %s parameters", model_args.model_name_or_path, f"{total:,}")
+    resolved = parsed(arguments)
+    problems, unexpected = checkpoint_report(resolved)
+    if problems:
+        raise PreflightError(problems)
+    config = model_config(*resolved.as_tuple())
+    total = sum(p.numel() for p in meta_model(config).parameters())
+    get_run_logger().info("model %s: %s parameters", resolved.model.model_name_or_path, f"{total:,}")
     return ModelPlan(
-        checkpoint=model_args.model_name_or_path,
+        checkpoint=resolved.model.model_name_or_path,
         config=config.to_dict(),
         total_parameters=total,
-        unexpected_weights=keys["unexpected"],
+        unexpected_weights=unexpected,
     )

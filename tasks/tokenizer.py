@@ -4,31 +4,29 @@ from __future__ import annotations
 
 from streamvln_model.arguments import ModelArguments
 from streamvln_model.builder import load_prepared_tokenizer, tokenizer_path
-from streamvln_model.conversation import tokenize_conversation
-from streamvln_model.data.errors import DataValidationError
-from streamvln_model.evaluation import action_token_ids
+from streamvln_model.preflight import PreflightError, tokenizer_problems
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import ResolvedArguments, TokenizerPlan
 
 
 def tokenizer_paths(inputs: dict) -> list[str]:
-    return [tokenizer_path(ModelArguments(**inputs["arguments"].model))]
+    return [tokenizer_path(ModelArguments(**_model_fields(inputs["arguments"].model)))]
+
+
+def _model_fields(model: dict) -> dict:
+    return {k: model[k] for k in ("model_name_or_path", "tokenizer_name_or_path")}
 
 
 @planning_task("tokenizer-setup", reads=tokenizer_paths)
 def setup_tokenizer(arguments: ResolvedArguments) -> TokenizerPlan:
-    model_args, _, _ = parsed(arguments)
-    path = tokenizer_path(model_args)
-    tokenizer, spec = load_prepared_tokenizer(model_args)
-    try:
-        action_token_ids(tokenizer)
-        probe = [{"from": "human", "value": "<image>."}, {"from": "gpt", "value": "↑STOP"}]
-        tokenize_conversation(tokenizer, spec, probe)
-    except (ValueError, KeyError) as err:
-        raise DataValidationError([f"{path}: tokenizer unusable for navigation ({err})"]) from err
+    resolved = parsed(arguments)
+    problems = tokenizer_problems(resolved)
+    if problems:
+        raise PreflightError(problems)
+    tokenizer, spec = load_prepared_tokenizer(resolved.model)
     return TokenizerPlan(
-        path=path,
+        path=tokenizer_path(resolved.model),
         vocab_size=len(tokenizer),
         image_token_id=spec.image_token_id,
         memory_token_id=spec.memory_token_id,

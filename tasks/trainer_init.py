@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from transformers.trainer_utils import get_last_checkpoint
 
+from tasks.caching import side_effect_task
 from tasks.parameters import LaunchConfig
 from tasks.types import (
     DataPlan,
@@ -42,11 +43,7 @@ def torchrun_command(launch: LaunchConfig, plan_path: Path) -> list[str]:
     return [*command, "-m", "streamvln_model.train", "--plan", str(plan_path)]
 
 
-def _flag(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-@task(name="trainer-initialization")
+@side_effect_task("trainer-initialization")
 def init_trainer(
     arguments: ResolvedArguments,
     environment: EnvironmentPlan,
@@ -57,20 +54,22 @@ def init_trainer(
     data: DataPlan,
     launch: LaunchConfig,
 ) -> TrainerPlan:
+    """plan.json = the run as data: the request's flags, the launch machine's flags, and the
+    arguments the flags resolve to (the worker re-resolves them and checks they are equal)."""
     output_dir = Path(arguments.flags["output_dir"]).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    extra = {**environment.worker_flags, "data_index": data.index_path, "output_dir": str(output_dir)}
-    argv = [a for k, v in arguments.flags.items() if k not in extra for a in (f"--{k}", _flag(v))]
-    argv += [a for k, v in extra.items() for a in (f"--{k}", _flag(v))]
+    worker_flags = {**environment.worker_flags, "data_index": data.index_path, "output_dir": str(output_dir)}
     plan = {
-        "arguments": arguments.flags,
+        "flags": arguments.flags,  # what the request asked; worker_flags win where both name a flag
+        "worker_flags": worker_flags,
+        "arguments": {"model": arguments.model, "data": arguments.data, "training": arguments.training},
+        "substitutions": environment.substitutions,
         "environment": environment.model_dump(),
         "model": {k: v for k, v in model.model_dump().items() if k != "config"},
         "tokenizer": tokenizer.model_dump(),
         "vision": vision.model_dump(),
         "gradients": gradients.model_dump(),
         "data": data.model_dump(),
-        "worker_argv": argv,
     }
     plan_path = output_dir / PLAN_FILE
     partial = plan_path.with_suffix(".json.partial")

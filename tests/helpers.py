@@ -46,3 +46,48 @@ def read_annotations(dataset: Path) -> list[dict]:
 
 def write_annotations(dataset: Path, episodes: list[dict]) -> None:
     (dataset / "annotations.json").write_text(json.dumps(episodes, indent=1))
+
+
+TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+
+def tiny_request(**fields):
+    """A TrainRequest with the tiny CPU preset's recipe (configs/tiny_cpu.yaml) and these fields.
+
+    The flow's form declares no defaults of its own (unset = the published parser's defaults,
+    several of which StreamVLN's scripts override), so tests start from the shipped preset.
+    """
+    from flows.presets import preset_parameters
+    from tasks.parameters import TrainRequest
+
+    request = preset_parameters(TINY_PRESET)["request"]
+    extra = {**request.get("extra_args", {}), **fields.pop("extra_args", {})}
+    return TrainRequest(**{**request, **fields, "extra_args": extra})
+
+
+PLANNING_STAGES = (
+    "parse-arguments",
+    "initialize-environment",
+    "model-setup",
+    "tokenizer-setup",
+    "vision-tower-setup",
+    "gradient-configuration",
+    "data-module",
+)
+
+
+def run_plan_only(request, plan_root: Path):
+    """One plan-only flow run on the CPU; returns (result, task name -> state names)."""
+    from flows.train import streamvln_train
+    from tasks.parameters import LaunchConfig
+
+    state = streamvln_train(
+        request=request,
+        launch=LaunchConfig(device="cpu"),
+        plan_root=str(plan_root),
+        plan_only=True,
+        return_state=True,
+    )
+    assert state.is_completed(), state
+    states = task_states(state.state_details.flow_run_id, expect=(*PLANNING_STAGES, "trainer-initialization"))
+    return state.result(), states

@@ -18,8 +18,8 @@ from streamvln_model.data.annotations import load_episodes
 from streamvln_model.data.errors import DataValidationError
 from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import write_checkpoint
-from tasks.parameters import LaunchConfig, TrainRequest
-from tests.helpers import copy_dataset, read_annotations, task_states, write_annotations
+from tasks.parameters import LaunchConfig
+from tests.helpers import copy_dataset, read_annotations, task_states, tiny_request, write_annotations
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -36,7 +36,7 @@ def _run_failing(
 ):
     """Run the full flow; it must fail in planning. Returns (error message, task states)."""
     output_dir = tmp_path / "out"
-    request = TrainRequest(
+    request = tiny_request(
         model_name_or_path=str(checkpoint),
         video_folder=str(video_folder),
         output_dir=str(output_dir),

@@ -12,7 +12,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from tests.helpers import task_states
+from tests.helpers import TINY_PRESET, task_states
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,7 @@ def test_served_deployment_runs_the_flow_with_preset_parameters(
         yaml.safe_dump(
             {
                 "request": {
+                    **yaml.safe_load(TINY_PRESET.read_text())["request"],
                     "model_name_or_path": str(tiny_checkpoint),
                     "video_folder": str(synthetic_data),
                     "output_dir": str(tmp_path / "out"),

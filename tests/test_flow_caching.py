@@ -11,33 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import streamvln_train
-from tasks.parameters import LaunchConfig, TrainRequest
-from tests.helpers import copy_dataset, read_annotations, task_states, write_annotations
-
-DATA_INDEPENDENT = (
-    "parse-arguments",
-    "initialize-environment",
-    "model-setup",
-    "tokenizer-setup",
-    "vision-tower-setup",
-    "gradient-configuration",
+from tasks.parameters import TrainRequest
+from tests.helpers import (
+    PLANNING_STAGES,
+    copy_dataset,
+    read_annotations,
+    run_plan_only,
+    tiny_request,
+    write_annotations,
 )
-PLANNING = (*DATA_INDEPENDENT, "data-module")
+
+PLANNING = PLANNING_STAGES
+DATA_INDEPENDENT = tuple(stage for stage in PLANNING if stage != "data-module")
 
 
 def _plan(request: TrainRequest, plan_root: Path):
-    """One plan-only flow run; returns (result, task name -> state names)."""
-    state = streamvln_train(
-        request=request,
-        launch=LaunchConfig(device="cpu"),
-        plan_root=str(plan_root),
-        plan_only=True,
-        return_state=True,
-    )
-    assert state.is_completed(), state
-    result = state.result()
-    return result, task_states(state.state_details.flow_run_id, expect=(*PLANNING, "trainer-initialization"))
+    return run_plan_only(request, plan_root)
 
 
 @pytest.fixture
@@ -46,7 +35,7 @@ def inputs(prefect_harness, tiny_checkpoint, synthetic_data, tmp_path):
     # A private copy: stages keyed only on the checkpoint (vision tower) must not hit results that
     # other tests in this session cached for the shared one.
     checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
-    request = TrainRequest(
+    request = tiny_request(
         model_name_or_path=str(checkpoint), video_folder=str(data), output_dir=str(tmp_path / "out")
     )
     return request, data, tmp_path / "plans"
@@ -96,17 +85,16 @@ def test_deleted_index_folder_is_rebuilt(inputs):
     assert index_path.is_dir() and (index_path / "summary.json").is_file()
 
 
-def test_plan_json_carries_the_worker_command(inputs):
+def test_plan_json_carries_the_run_as_data(inputs):
     request, _, plan_root = inputs
     result, _ = _plan(request, plan_root)
     plan = json.loads(Path(result.plan_path).read_text())
-    argv = plan["worker_argv"]
-    flags = dict(zip(argv[::2], argv[1::2], strict=True))
-    assert len(flags) == len(argv) // 2, argv  # every flag once
-    assert flags["--data_index"] == plan["data"]["index_path"]
-    assert Path(flags["--data_index"]).is_dir()
-    assert flags["--use_cpu"] == "true"
-    assert flags["--ddp_backend"] == "gloo"
-    assert flags["--output_dir"] == str((Path(request.output_dir)).resolve())
-    assert flags["--num_history"] == "8"
+    assert plan["flags"]["num_history"] == 8  # typed values, not command-line strings
+    assert plan["flags"]["output_dir"] == request.output_dir
+    workers = plan["worker_flags"]
+    assert workers["data_index"] == plan["data"]["index_path"] and Path(workers["data_index"]).is_dir()
+    assert workers["use_cpu"] is True and workers["ddp_backend"] == "gloo"
+    assert workers["output_dir"] == str(Path(request.output_dir).resolve())
+    assert plan["arguments"]["data"]["num_history"] == 8
+    assert plan["arguments"]["model"]["version"] == "qwen_1_5"
     assert plan["environment"]["device"] == "cpu"

@@ -25,6 +25,12 @@ from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import write_checkpoint
 from streamvln_model.train import train
 
+# The published scripts' model and data flags (their defaults differ in the published parser).
+STREAMVLN_RECIPE = [
+    "--version", "qwen_1_5", "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2",
+    "--mm_use_im_patch_token", "false", "--num_history", "8", "--num_future_steps", "4",
+]  # fmt: skip
+
 
 @pytest.mark.slow
 def test_trained_model_reads_actions_from_pixels(tmp_path):
@@ -39,11 +45,11 @@ def test_trained_model_reads_actions_from_pixels(tmp_path):
         "--per_device_train_batch_size", "2", "--learning_rate", "3e-3", "--warmup_ratio", "0.05",
         "--lr_scheduler_type", "cosine", "--weight_decay", "0", "--logging_steps", "20",
         "--save_strategy", "no", "--report_to", "none", "--gradient_checkpointing", "false",
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", *STREAMVLN_RECIPE,
     ])  # fmt: skip
 
     model = StreamVLNForCausalLM.from_pretrained(out)
-    tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(out)))
+    tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(out), version="qwen_1_5"))
     index, _ = build_index(load_episodes(str(held_out)), 32, 8, 4)
     policy = NavigationPolicy.from_pretrained(out)
     dataset = VLNActionDataset(index, tokenizer, spec, policy.image_processor)

@@ -71,7 +71,9 @@ def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlf
 
     saved = Path(demo_result["output_dir"])
     model = StreamVLNForCausalLM.from_pretrained(saved).eval()
-    tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(saved)))
+    tokenizer, spec = load_prepared_tokenizer(
+        ModelArguments(model_name_or_path=str(saved), version="qwen_1_5")
+    )
     data = Path(demo_result["workdir"]) / "data" / "synthetic_r2r"
     index, _ = build_index(load_episodes(str(data)), 32, 8, 4)
     dataset = VLNActionDataset(index, tokenizer, spec, build_image_processor(model.get_vision_tower().config))

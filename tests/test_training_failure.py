@@ -11,7 +11,7 @@ import pytest
 
 from flows.train import streamvln_train
 from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
-from tests.helpers import task_states
+from tests.helpers import task_states, tiny_request
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def request_for(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data,
     mlflow.set_tracking_uri(mlflow_server.uri)
 
     def build(**overrides) -> TrainRequest:
-        return TrainRequest(
+        return tiny_request(
             model_name_or_path=str(tiny_checkpoint),
             video_folder=str(synthetic_data),
             output_dir=str(tmp_path / "out"),
@@ -33,9 +33,9 @@ def request_for(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data,
 
 
 def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_server, tmp_path):
-    # Passes planning (any attention implementation name is accepted there) but the worker's
-    # from_pretrained refuses it: flash-attn does not exist on this CPU machine.
-    request = request_for(max_steps=1, extra_args={"attn_implementation": "flash_attention_2"})
+    # Passes planning (an optimizer is only a name there) but the worker's Trainer cannot build it:
+    # adamw_anyprecision needs torchdistx, which no package registry serves for this torch.
+    request = request_for(max_steps=1, extra_args={"optim": "adamw_anyprecision"})
     registry = RegistryConfig(experiment_name="failures", model_name="never-registered")
     state = streamvln_train(
         request=request,
@@ -47,7 +47,7 @@ def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_ser
     assert state.is_failed()
     with pytest.raises(Exception, match="torchrun exited with") as failure:
         state.result()
-    assert "flash" in str(failure.value).lower()  # the tail of the worker's log
+    assert "torchdistx" in str(failure.value).lower()  # the tail of the worker's log
     assert (tmp_path / "out" / "train.log").is_file()
     states = task_states(state.state_details.flow_run_id, expect=("training-loop",))
     assert states["training-loop"] == ["Failed"]

@@ -20,7 +20,7 @@ PUBLISHED_FLAGS = [
     "--evaluation_strategy", "no", "--save_strategy", "no", "--learning_rate", "1e-3",
     "--mm_vision_tower_lr", "5e-4", "--weight_decay", "0.", "--warmup_ratio", "0.03",
     "--lr_scheduler_type", "constant_with_warmup", "--logging_steps", "1", "--model_max_length", "32768",
-    "--gradient_checkpointing", "False", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
+    "--gradient_checkpointing", "True", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
     "--report_to", "none",
 ]  # fmt: skip
 
@@ -42,8 +42,7 @@ def test_published_command_line_trains_two_ranks(tiny_checkpoint, synthetic_data
     out = tmp_path / "out"
     done = _torchrun([
         "--model_name_or_path", str(tiny_checkpoint), "--video_folder", str(synthetic_data),
-        "--output_dir", str(out), "--max_steps", "3", "--use_cpu", "true", "--ddp_backend", "gloo",
-        *PUBLISHED_FLAGS,
+        "--output_dir", str(out), "--max_steps", "3", *PUBLISHED_FLAGS,
     ])  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     progress = [
@@ -52,7 +51,9 @@ def test_published_command_line_trains_two_ranks(tiny_checkpoint, synthetic_data
         if line.startswith("streamvln-")
     ]
     assert [p["step"] for p in progress if "loss" in p] == [1, 2, 3]
-    assert {p["world_size"] for p in progress} == {2}
+    assert {p["world_size"] for p in progress} == {2}  # one gloo group: the worker added --use_cpu itself
+    assert "no CUDA device on this host: adding --use_cpu true --ddp_backend gloo" in done.stdout
+    assert "substitution: --attn_implementation flash_attention_2" in done.stdout  # the published default
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     model = StreamVLNForCausalLM.from_pretrained(out)
