@@ -146,8 +146,6 @@ def machine_plan(arguments: Arguments, device: Device = "auto", nproc_per_node: 
     else:
         # On a CPU host torchrun needs both, else each process trains alone at world size 1.
         plan.worker_flags.update(use_cpu=True, ddp_backend="gloo")
-    if training.bf16 and training.fp16:
-        plan.problems.append("--bf16 and --fp16 are both set. Fix: choose one")
     plan.problems += _precision_problems(training, resolved)
     if training.tf32 and not (resolved == "cuda" and cuda and _tf32_available()):
         plan.substitutions.append("--tf32 True: no Ampere-or-newer CUDA device here; TF32 stays off")
@@ -200,11 +198,6 @@ def checkpoint_report(arguments: Arguments) -> tuple[list[str], list[str]]:
         weight_problems, unexpected = checkpoint_problems(arguments.model.model_name_or_path, model)
     except DataValidationError as err:
         return problems + err.problems, []
-    if config.mm_projector_type != arguments.model.mm_projector_type:
-        problems.append(
-            f"--mm_projector_type={arguments.model.mm_projector_type!r}: the checkpoint's projector is "
-            f"{config.mm_projector_type!r}. Fix: --mm_projector_type {config.mm_projector_type}"
-        )
     return problems + weight_problems, unexpected
 
 
@@ -224,27 +217,24 @@ def tokenizer_problems(arguments: Arguments) -> list[str]:
     return []
 
 
-def preflight(
-    arguments: Arguments,
-    device: Device = "auto",
-    nproc_per_node: int = 1,
-    *,
-    checkpoint: bool = True,
-    tokenizer: bool = True,
-) -> MachinePlan:
+def preflight(arguments: Arguments, device: Device = "auto", nproc_per_node: int = 1) -> MachinePlan:
     """Run every check; raise PreflightError listing all problems, else return the machine plan.
 
-    Checks that need a readable checkpoint are skipped when the arguments already say it is not
-    there (one clear problem instead of three echoes of it).
+    Checks that need a readable checkpoint or a usable template are skipped when the arguments
+    already say why they cannot pass (one clear problem instead of echoes of it).
     """
+    from .builder import tokenizer_path
+    from .conversation import SUPPORTED_VERSIONS
+
     problems = argument_problems(arguments)
     plan = machine_plan(arguments, device, nproc_per_node)
     problems += plan.problems
-    checkpoint_there = (Path(arguments.model.model_name_or_path or "") / "config.json").is_file()
-    if checkpoint and checkpoint_there:
+    model = arguments.model
+    if (Path(model.model_name_or_path or "") / "config.json").is_file():
         problems += checkpoint_report(arguments)[0]
-    if tokenizer and checkpoint_there and not any("tokenizer" in p for p in problems):
-        problems += tokenizer_problems(arguments)
+        tokenizer_there = (Path(tokenizer_path(model)) / "tokenizer_config.json").is_file()
+        if tokenizer_there and model.version in SUPPORTED_VERSIONS:
+            problems += tokenizer_problems(arguments)
     if problems:
         raise PreflightError(problems)
     return plan

@@ -154,6 +154,14 @@ def apply_machine_plan(training_args: TrainingArguments, plan: MachinePlan) -> N
             logger.warning("substitution: %s", line)
 
 
+def freeze_never_used(model) -> None:
+    """Parameters the forward never uses get no gradient; trainable, they stop DDP (see modeling.py)."""
+    never_used = set(model.unused_parameter_names())
+    for name, param in model.named_parameters():
+        if name in never_used:
+            param.requires_grad_(False)
+
+
 def train(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     arguments = worker_arguments(argv)
@@ -174,10 +182,7 @@ def train(argv: list[str] | None = None) -> None:
     index = load_or_build_index(data_args)
     model = load_model(model_args, data_args, training_args)
     counts = apply_freezing(model, trainable_parts(model_args, training_args))
-    never_used = set(model.unused_parameter_names())
-    for name, param in model.named_parameters():
-        if name in never_used:
-            param.requires_grad_(False)
+    freeze_never_used(model)
     logger.info(
         "world size %d; parameters: total %d, trainable %d",
         training_args.world_size,

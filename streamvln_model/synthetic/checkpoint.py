@@ -19,8 +19,20 @@ from ..vision import build_image_processor, resolve_vision_config
 
 QWEN2_PADDED_VOCAB = 151936  # Qwen2 embedding rows (tokenizer has 151,665 ids; the rest is padding)
 
+# 8x8 patches of 14 px -> 4x4 = 16 pooled tokens per frame.
+TINY_TOWER = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 112,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-6,
+    "hidden_act": "gelu_pytorch_tanh",
+}
+
 PRESETS: dict[str, dict] = {
-    # 8x8 patches of 14 px -> 4x4 = 16 pooled tokens per frame; trains at ~1 step/s per CPU core.
+    # Trains at ~1 step/s per CPU core.
     "tiny": {
         "llm": {
             "hidden_size": 64,
@@ -29,16 +41,7 @@ PRESETS: dict[str, dict] = {
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
         },
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 112,
-            "patch_size": 14,
-            "layer_norm_eps": 1e-6,
-            "hidden_act": "gelu_pytorch_tanh",
-        },
+        "vision": TINY_TOWER,
     },
     # ~10x the tiny preset's weight bytes (~0.8 GB in fp32, nearly all in the 151,936-row embedding
     # and lm_head), same tower and depth: for checks that must not scale with checkpoint size.
@@ -50,16 +53,7 @@ PRESETS: dict[str, dict] = {
             "num_attention_heads": 8,
             "num_key_value_heads": 2,
         },
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 112,
-            "patch_size": 14,
-            "layer_norm_eps": 1e-6,
-            "hidden_act": "gelu_pytorch_tanh",
-        },
+        "vision": TINY_TOWER,
     },
 }
 
@@ -81,7 +75,7 @@ def preset_config(preset: str = "tiny") -> StreamVLNConfig:
         mm_hidden_size=sizes["vision"]["hidden_size"],
         mm_patch_merge_type="spatial_unpad",
         mm_tunable_parts="mm_vision_tower,mm_mlp_adapter,mm_language_model",
-        vision_config=sizes["vision"],
+        vision_config=dict(sizes["vision"]),
         **sizes["llm"],
     )
 
