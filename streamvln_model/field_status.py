@@ -194,7 +194,6 @@ STATUS: dict[str, FieldStatus] = {
     "data_index": implemented("our addition: the flow's validated Arrow index (skips scanning)"),
     # ---- TrainingArguments (published additions) ----------------------------------------
     "cache_dir": no_effect("hub download cache; checkpoints are local folders"),
-    "optim": implemented("the transformers optimizer name"),
     "remove_unused_columns": implemented(
         "must stay False: the collator needs every field of a sample", supported=lambda v: not v
     ),
@@ -241,6 +240,19 @@ STATUS: dict[str, FieldStatus] = {
     ),
     "use_cpu": implemented("set by the launch device (flow) or when the host has no CUDA device (worker)"),
     "deepspeed": implemented("passed to the Trainer; the JSON is checked before launch"),
+    "resume_from_checkpoint": no_effect(
+        "the published trainer never reads it: it resumes from the newest checkpoint-* in output_dir, as here"
+    ),
+    "do_train": no_effect(
+        "transformers' scripts flag; the Trainer does not read it, nor does the published code"
+    ),
+    "do_eval": no_effect(
+        "transformers' scripts flag; the Trainer does not read it, nor does the published code"
+    ),
+    "do_predict": no_effect(
+        "transformers' scripts flag; the Trainer does not read it, nor does the published code"
+    ),
+    "optim": implemented("the transformers optimizer name; preflight checks the package an optimizer needs"),
 }
 
 INHERITED = implemented("implemented by the transformers Trainer (transformers 5 semantics)")

@@ -158,6 +158,12 @@ def machine_plan(arguments: Arguments, device: Device = "auto", nproc_per_node: 
             f"--attn_implementation flash_attention_2 needs flash-attn on CUDA ({why}): sdpa"
         )
         plan.worker_flags["attn_implementation"] = "sdpa"
+    optim = str(getattr(training.optim, "value", training.optim))
+    if ("bnb" in optim or "8bit" in optim) and importlib.util.find_spec("bitsandbytes") is None:
+        plan.problems.append(
+            f"--optim {optim}: needs the bitsandbytes package, which is not installed. "
+            "Fix: pip install bitsandbytes, or --optim adamw_torch"
+        )
     if training.deepspeed and importlib.util.find_spec("deepspeed") is None:
         plan.problems.append(
             "--deepspeed: the deepspeed package is not installed. Fix: pip install deepspeed"
