@@ -208,10 +208,13 @@ def train(argv: list[str] | None = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout
-    )
     argv = sys.argv[1:]
+    # Training logs go to stdout, which the flow streams; with --print_arguments stdout is the JSON.
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr if PRINT_FLAG in argv else sys.stdout,
+    )
     try:
         if PRINT_FLAG in argv:
             print_arguments([a for a in argv if a != PRINT_FLAG])
