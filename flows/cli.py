@@ -78,7 +78,13 @@ def _train(args) -> None:
     # Every preset, argument, machine, checkpoint and tokenizer problem at once, in seconds, before
     # the embedded Prefect server starts; the flow's stages run the same checks for UI runs.
     try:
-        preflight(request_arguments(request), launch.device, launch.nproc_per_node)
+        preflight(
+            request_arguments(request),
+            launch.device,
+            launch.nproc_per_node,
+            world_size=launch.nproc_per_node * launch.nnodes,
+            deepspeed=launch.deepspeed,
+        )
     except DataValidationError as err:  # unknown flags, or what preflight found
         problems += err.problems
     if problems:

@@ -19,6 +19,7 @@ from tasks.arguments import resolve_arguments
 from tasks.data import build_data_module
 from tasks.environment import setup_environment
 from tasks.gradients import plan_gradients
+from tasks.memory import plan_run_memory, show_memory_plan
 from tasks.model import plan_model
 from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
 from tasks.saving import save_model
@@ -77,10 +78,14 @@ def streamvln_train(
     tokenizer = setup_tokenizer(arguments)
     vision = setup_vision(model)  # sizes come from the tower in the checkpoint
     gradients = plan_gradients(arguments, model)
+    memory = plan_run_memory(arguments, environment, model)  # --gpu_memory_gb: fits, or the cheapest fix
+    show_memory_plan(memory)
     data = build_data_module(arguments, plan_root)
     if not Path(data.index_path).is_dir():  # a cached plan whose index folder was deleted since
         data = build_data_module.with_options(refresh_cache=True)(arguments, plan_root)
-    trainer_plan = init_trainer(arguments, environment, model, tokenizer, vision, gradients, data, launch)
+    trainer_plan = init_trainer(
+        arguments, environment, model, tokenizer, vision, gradients, data, launch, memory=memory
+    )
     result = TrainFlowResult(
         flow_run_id=str(flow_run.get_id()),
         output_dir=trainer_plan.output_dir,
@@ -93,7 +98,7 @@ def streamvln_train(
     result.mlflow_run_id, result.tracking_uri = run_id, tracking_uri()
     succeeded = False
     try:
-        log_plan(run_id, arguments, data, gradients, trainer_plan.plan_path)
+        log_plan(run_id, arguments, data, gradients, trainer_plan.plan_path, memory=memory)
         trained = train.with_options(retries=train_retries)(
             trainer_plan, run_id, result.tracking_uri, launch.timeout_s, secret_environment(request)
         )

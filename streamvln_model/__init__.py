@@ -1,8 +1,16 @@
 """StreamVLN: the model, data and training worker, usable without Prefect."""
 
-from .configuration import StreamVLNConfig
-from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX
-from .modeling import StreamVLNForCausalLM
+import logging
+
+# bitsandbytes (imported by peft and the Trainer) warns on every CPU host with AVX512-BF16 that it
+# cannot fetch an optional 4-bit CPU kernel from the hub (`kernels` package); nothing here
+# downloads code, and its own kernels are used instead. Raised before anything imports it, so the
+# warning does not precede every CLI error message.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from .configuration import StreamVLNConfig  # noqa: E402
+from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX  # noqa: E402
+from .modeling import StreamVLNForCausalLM  # noqa: E402
 
 __all__ = [
     "IGNORE_INDEX",

@@ -175,6 +175,14 @@ class TrainingArguments(transformers.TrainingArguments):
             "of the accumulated batch."
         },
     )
+    gpu_memory_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "(ours) Memory of one GPU in GiB (e.g. 80). Preflight then predicts the per-GPU peak "
+            "of this run (parameters, gradients, optimizer states, activations) and refuses a run that "
+            "cannot fit, naming the cheapest change that fits. Unset: no verdict."
+        },
+    )
     # transformers 4.x flags the published scripts pass; transformers 5 renamed or removed them.
     evaluation_strategy: str | None = field(
         default=None, metadata={"help": "Published alias of eval_strategy (removed from transformers 5)."}
@@ -241,6 +249,9 @@ class Arguments:
     model: ModelArguments
     data: DataArguments
     training: TrainingArguments
+    # The flags the run named (the rest are defaults): a published default the machine cannot
+    # honour is substituted, a flag asked for explicitly is not.
+    given: frozenset[str] = frozenset()
 
     def as_tuple(self) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
         return self.model, self.data, self.training
@@ -309,7 +320,7 @@ def resolve_flags(flags: dict[str, Any]) -> Arguments:
     if problems:
         raise DataValidationError(problems)
     try:
-        return Arguments(*parser().parse_dict(flags, allow_extra_keys=False))
+        return Arguments(*parser().parse_dict(flags, allow_extra_keys=False), given=frozenset(flags))
     except (ValueError, TypeError) as err:
         raise DataValidationError([f"arguments: {err}"]) from err
 
@@ -323,7 +334,8 @@ def resolve_argv(argv: list[str]) -> Arguments:
         from .data.errors import DataValidationError
 
         raise DataValidationError([f"command line: unknown argument(s) {' '.join(rest)}"])
-    return Arguments(model_args, data_args, training_args)
+    given = frozenset(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))
+    return Arguments(model_args, data_args, training_args, given=given)
 
 
 def as_data(arguments: Arguments) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from .conversation import TokenSpec, prepare_tokenizer
 from .data.errors import DataValidationError
 from .modeling import StreamVLNForCausalLM
 from .precision import weight_dtype
+from .quantization import quantized_load_options
 
 WEIGHT_INDEX = "model.safetensors.index.json"
 WEIGHT_FILE = "model.safetensors"
@@ -119,6 +120,7 @@ def load_model(
         config=config,
         dtype=weight_dtype(training_args),
         attn_implementation=training_args.attn_implementation,
+        **quantized_load_options(training_args),  # --bits 4|8: bitsandbytes, on this rank's device
     )
 
 

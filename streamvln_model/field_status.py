@@ -201,16 +201,34 @@ STATUS: dict[str, FieldStatus] = {
     "freeze_mm_vision_resampler": no_effect("StreamVLN has no resampler parameters to freeze"),
     "mpt_attn_impl": no_effect("MPT language models only"),
     "model_max_length": implemented("spliced sequences are truncated to it (tokenizer_model_max_length)"),
-    "double_quant": no_effect("only read with --bits 4/8, which is refused until " + TRAINING_OPTIONS),
-    "quant_type": no_effect("only read with --bits 4/8, which is refused until " + TRAINING_OPTIONS),
-    "bits": implemented(f"4/8-bit training comes with {TRAINING_OPTIONS}", supported=lambda v: v in (16, 32)),
-    "lora_enable": refused(TRAINING_OPTIONS),
-    "lora_r": no_effect("only read with --lora_enable (refused for now)"),
-    "lora_alpha": no_effect("only read with --lora_enable (refused for now)"),
-    "lora_dropout": no_effect("only read with --lora_enable (refused for now)"),
-    "lora_weight_path": no_effect("only read with --lora_enable (refused for now)"),
+    "double_quant": implemented("with --bits 4: also quantize the quantization constants (bnb double quant)"),
+    "quant_type": implemented(
+        "with --bits 4: the 4-bit data type, nf4 or fp4", supported=lambda v: v in ("nf4", "fp4")
+    ),
+    "bits": implemented(
+        "4 or 8: the LLM's linear layers load quantized with bitsandbytes (tower, projector and lm_head "
+        "stay in full precision), then k-bit training preparation; needs --lora_enable (QLoRA). "
+        "16 (default) or 32: no quantization. See docs/TRAINING_OPTIONS.md",
+        supported=lambda v: v in (4, 8, 16, 32),
+    ),
+    "lora_enable": implemented(
+        "LoRA on every linear layer of the LLM (not the tower, projector or lm_head); with "
+        "--mm_tunable_parts the LoRA layers train only with mm_lora_layer (or mm_language_model), as "
+        "published. Saves the "
+        "adapter plus the other trained weights. See docs/TRAINING_OPTIONS.md"
+    ),
+    "lora_r": implemented("LoRA rank", supported=lambda v: isinstance(v, int) and v > 0),
+    "lora_alpha": implemented("LoRA scale numerator (scale: lora_alpha / lora_r)", supported=lambda v: v > 0),
+    "lora_dropout": implemented("dropout on the LoRA input", supported=lambda v: 0 <= v < 1),
+    "lora_weight_path": implemented(
+        "our meaning (the published script never reads it): an earlier adapter (its output_dir or "
+        "adapter_model.safetensors) loaded into the new LoRA layers before training"
+    ),
     "lora_target_modules": no_effect("never read: published LoRA targets every linear layer of the LLM"),
-    "lora_bias": no_effect("only read with --lora_enable (refused for now)"),
+    "lora_bias": implemented(
+        "which biases the adapter trains and saves: none, all or lora_only",
+        supported=lambda v: v in ("none", "all", "lora_only"),
+    ),
     "mm_projector_lr": implemented("learning rate of parameters named mm_projector"),
     "mm_vision_tower_lr": implemented("learning rate of parameters named vision_tower"),
     "group_by_varlen": refused(NOT_PLANNED),
@@ -227,6 +245,10 @@ STATUS: dict[str, FieldStatus] = {
     "loss_per_micro_batch": implemented(
         "our addition: restores the published (transformers 4.45) per-micro-batch loss averaging"
     ),
+    "gpu_memory_gb": implemented(
+        "our addition: GiB of one GPU; preflight refuses a run whose predicted per-GPU peak does not fit "
+        "and names the cheapest change that does (streamvln_model/memory_plan.py, docs/PERFORMANCE.md)"
+    ),
     "evaluation_strategy": implemented("transformers 4 name of eval_strategy (mapped)"),
     "warmup_ratio": implemented("warmup share of the steps (transformers 5 takes it in warmup_steps)"),
     # ---- transformers.TrainingArguments fields with a project-specific rule ----------------
@@ -239,7 +261,20 @@ STATUS: dict[str, FieldStatus] = {
         "fp32 master weights under fp16 autocast, as published (weights are not loaded in fp16)"
     ),
     "use_cpu": implemented("set by the launch device (flow) or when the host has no CUDA device (worker)"),
-    "deepspeed": implemented("passed to the Trainer; the JSON is checked before launch"),
+    "deepspeed": implemented(
+        "a DeepSpeed JSON (configs/deepspeed/: zero2 as published, zero3, zero3_offload); preflight refuses "
+        "one that cannot save a loadable model (ZeRO-3 without the 16-bit gather) or would drop "
+        "--mm_projector_lr/--mm_vision_tower_lr (an optimizer section), and --deepspeed with --fsdp; "
+        "under ZeRO-3 the weights are partitioned as they load. See docs/DISTRIBUTED.md"
+    ),
+    "fsdp": implemented(
+        "FSDP2 instead of DeepSpeed, with --fsdp_config (configs/fsdp.json: full shard, one unit per "
+        "decoder/encoder layer); also on a CPU host (gloo). See docs/DISTRIBUTED.md"
+    ),
+    "fsdp_config": implemented(
+        "FSDP options (JSON file or dict); state_dict_type must be FULL_STATE_DICT, the final save needs "
+        "the whole model"
+    ),
     "resume_from_checkpoint": no_effect(
         "the published trainer never reads it: it resumes from the newest checkpoint-* in output_dir, as here"
     ),

@@ -13,6 +13,9 @@ runs must train exactly the parameters the published recipe trains:
    each listed part is unfrozen; `mm_vision_tower`, `mm_language_model` and `mm_lora_layer` are
    matched on parameter names exactly as published (`mm_language_model` is every name without
    "vision_tower", "mm_projector" or "vision_resampler": lm_head, embeddings, image_newline too).
+4. `--lora_enable` (legacy flags only; the tunable-parts branch resets everything anyway): the
+   LoRA wrapper leaves only LoRA weights (and `--lora_bias` biases) trainable, then the
+   projector is re-enabled and the legacy flags apply as above (see `FreezingPlan._after_lora`).
 
 `--unfreeze_language_model` is never read by the published code, so it is not read here either.
 The decision works on parameter names only, so the flow can plan it on a meta-device model and
@@ -40,6 +43,7 @@ BACKBONE_PREFIX = "model."
 PROJECTOR_PREFIX = "model.mm_projector."
 RESAMPLER_PREFIX = "model.vision_resampler."
 TOWER_PREFIX = "model.vision_tower."
+LORA_KEY = "lora_"  # in every LoRA parameter name (lora_A, lora_B, ...)
 
 
 def component(name: str) -> str:
@@ -87,14 +91,21 @@ class FreezingPlan:
     freeze_mm_mlp_adapter: bool = False
     freeze_mm_vision_resampler: bool = False
     unfreeze_mm_vision_tower: bool = False
+    lora_enable: bool = False
+    lora_bias: str = "none"
 
     def trains(self, name: str) -> bool:
-        """Whether parameter `name` has requires_grad after the published freezing steps."""
+        """Whether parameter `name` has requires_grad after the published freezing steps.
+
+        With LoRA, `name` is a name of the model under the peft wrapper (LoRA layers included).
+        """
         if self.tunable_parts is not None:
             return self._tunable_parts_branch(name)
         trainable = True  # from_pretrained leaves every parameter trainable
         if self.freeze_backbone and name.startswith(BACKBONE_PREFIX):
             trainable = False
+        if self.lora_enable:
+            trainable = self._after_lora(name)
         if self.tune_mm_mlp_adapter or self.tune_mm_vision_resampler:
             trainable = False
         if self.tune_mm_mlp_adapter and name.startswith(PROJECTOR_PREFIX):
@@ -108,6 +119,15 @@ class FreezingPlan:
         if name.startswith(TOWER_PREFIX):
             trainable = self.unfreeze_mm_vision_tower
         return trainable
+
+    def _after_lora(self, name: str) -> bool:
+        """Legacy flags with LoRA: `get_peft_model` leaves only the LoRA weights (and, per
+        `--lora_bias`, biases) trainable; LLaVA's `initialize_vision_modules` then re-enables the
+        projector and resampler "in case it is frozen by LoRA", before the legacy flags apply."""
+        bias = name.endswith(".bias") and (
+            self.lora_bias == "all" or (self.lora_bias == "lora_only" and name.endswith(".base_layer.bias"))
+        )
+        return LORA_KEY in name or bias or name.startswith((PROJECTOR_PREFIX, RESAMPLER_PREFIX))
 
     def _tunable_parts_branch(self, name: str) -> bool:
         parts = self.tunable_parts or ()
@@ -136,6 +156,8 @@ class FreezingPlan:
             )
             if getattr(self, name)
         ]
+        if self.lora_enable:
+            flags.append("lora_enable")
         return " ".join(f"--{flag} true" for flag in flags) or "no freezing flags"
 
 
@@ -149,6 +171,8 @@ def freezing_plan(model_args, training_args) -> FreezingPlan:
         freeze_mm_mlp_adapter=bool(training_args.freeze_mm_mlp_adapter),
         freeze_mm_vision_resampler=bool(training_args.freeze_mm_vision_resampler),
         unfreeze_mm_vision_tower=bool(model_args.unfreeze_mm_vision_tower),
+        lora_enable=bool(training_args.lora_enable),
+        lora_bias=str(training_args.lora_bias),
     )
 
 
@@ -191,15 +215,20 @@ def apply_freezing(model: nn.Module, plan: FreezingPlan) -> dict[str, int]:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Total and trainable element counts, overall and per tunable part."""
+    """Total and trainable element counts, overall and per tunable part.
+
+    Under DeepSpeed ZeRO-3 a loaded parameter holds only this rank's partition (`numel()` is 0);
+    its full size is `ds_numel`, so the counts are the model's whatever the sharding.
+    """
     counts = {"total": 0, "trainable": 0}
     for name, param in model.named_parameters():
-        counts["total"] += param.numel()
+        size = getattr(param, "ds_numel", param.numel())
+        counts["total"] += size
         part = component(name)
-        counts[f"total.{part}"] = counts.get(f"total.{part}", 0) + param.numel()
+        counts[f"total.{part}"] = counts.get(f"total.{part}", 0) + size
         if param.requires_grad:
-            counts["trainable"] += param.numel()
-            counts[f"trainable.{part}"] = counts.get(f"trainable.{part}", 0) + param.numel()
+            counts["trainable"] += size
+            counts[f"trainable.{part}"] = counts.get(f"trainable.{part}", 0) + size
     return counts
 
 

@@ -13,6 +13,7 @@ from .constants import ACTION_SYMBOLS
 from .conversation import TokenSpec, prepare_tokenizer, tokenize_conversation
 from .data.images import preprocess_frames
 from .data.prompts import navigation_conversation
+from .loading import load_trained
 from .modeling import StreamVLNForCausalLM
 from .vision import build_image_processor
 
@@ -41,8 +42,10 @@ class NavigationPolicy:
     image_processor: object
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> NavigationPolicy:
-        model = StreamVLNForCausalLM.from_pretrained(path).eval()
+    def from_pretrained(cls, path: str | Path, base: str | Path | None = None) -> NavigationPolicy:
+        """Any save of a training run (full, LoRA, projector-only; `base` overrides the recorded
+        base checkpoint of a partial save), with the tokenizer saved beside it."""
+        model = load_trained(path, base=base).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         spec = prepare_tokenizer(tokenizer)
         return cls(model, tokenizer, spec, build_image_processor(model.get_vision_tower().config))

@@ -4,7 +4,9 @@
     policy.predict([{"instruction": "...", "current_frame": "frame.jpg", "history_frames": [...]}])
 
 The checkpoint folder travels as the model's `checkpoint` artifact, so the raw weights can also
-be downloaded and loaded with `StreamVLNForCausalLM.from_pretrained`.
+be downloaded and loaded with `streamvln_model.loading.load_trained` (or, for a full save,
+`StreamVLNForCausalLM.from_pretrained`). A LoRA or projector-only save needs its base checkpoint:
+it travels as the `base` artifact, so a registered version loads on any machine.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from pathlib import Path
 import mlflow
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+BASE_ARTIFACT = "base"  # the base checkpoint of a LoRA / projector-only save
 
 
 class StreamVLNPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from .inference import NavigationPolicy
 
-        self.policy = NavigationPolicy.from_pretrained(context.artifacts[CHECKPOINT_ARTIFACT])
+        self.policy = NavigationPolicy.from_pretrained(
+            context.artifacts[CHECKPOINT_ARTIFACT], base=context.artifacts.get(BASE_ARTIFACT)
+        )
 
     def predict(self, context, model_input, params=None) -> list[dict]:
         records = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
@@ -47,6 +52,8 @@ MODEL_FILE_PATTERNS = (
     "chat_template.jinja",
     "special_tokens_map.json",
     "preprocessor_config.json",
+    "adapter_config.json",  # LoRA saves (loading.py)
+    "trained_from.json",
 )
 
 
@@ -70,13 +77,19 @@ def log_checkpoint_model(checkpoint: str | Path, run_id: str, name: str = "model
     `pip_requirements` and no `input_example`, mlflow neither infers requirements nor validates
     the model, the two paths on which it would call `load_context` (which loads the weights).
     """
+    from .loading import FULL, base_checkpoint, save_format
+
     with tempfile.TemporaryDirectory() as tmp:
         staged = stage_model_files(Path(checkpoint), Path(tmp) / CHECKPOINT_ARTIFACT)
+        artifacts = {CHECKPOINT_ARTIFACT: str(staged)}
+        if save_format(checkpoint) != FULL:
+            base = stage_model_files(base_checkpoint(checkpoint), Path(tmp) / BASE_ARTIFACT)
+            artifacts[BASE_ARTIFACT] = str(base)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=StreamVLNPyfunc(),
-                artifacts={CHECKPOINT_ARTIFACT: str(staged)},
+                artifacts=artifacts,
                 pip_requirements=["streamvln-pipeline", "torch==2.13.0"],
             )
 

@@ -23,6 +23,15 @@ def weight_dtype(training_args) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float32
 
 
+def compute_dtype(training_args) -> torch.dtype:
+    """The dtype quantized layers compute in (`bnb_4bit_compute_dtype`), as published: fp16 under
+    `--fp16`, bf16 under `--bf16`, else fp32. Unlike `weight_dtype`, fp16 counts here: a 4-bit
+    matmul's inputs are cast anyway, and no trainable weight is stored in this dtype."""
+    if training_args.fp16:
+        return torch.float16
+    return torch.bfloat16 if training_args.bf16 else torch.float32
+
+
 def _device_type(device: str) -> str:
     return torch.device(device).type
 

@@ -17,7 +17,6 @@ Data problems come from the data stage (`data.annotations.load_episodes`), which
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from .arguments import Arguments
 from .data.errors import DataValidationError
 from .data.sampling import validate_sampling
 from .field_status import field_problems
+from .strategies import combination_problems, deepspeed_config_problems, fsdp_problems
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -70,6 +70,9 @@ def argument_problems(arguments: Arguments) -> list[str]:
     _finite_non_negative("mm_projector_lr", training.mm_projector_lr, problems)
     _finite_non_negative("mm_vision_tower_lr", training.mm_vision_tower_lr, problems)
     _finite_non_negative("weight_decay", training.weight_decay, problems)
+    gpu_memory = getattr(training, "gpu_memory_gb", None)
+    if gpu_memory is not None and not (math.isfinite(gpu_memory) and gpu_memory > 0):
+        problems.append(f"--gpu_memory_gb={gpu_memory}: must be a GiB count > 0 (e.g. 80), or unset")
     if training.max_steps == 0:
         problems.append("--max_steps=0: trains nothing. Fix: leave it unset (-1) or give a positive count")
     elif training.max_steps < 0 and not training.num_train_epochs > 0:
@@ -84,8 +87,15 @@ def argument_problems(arguments: Arguments) -> list[str]:
     except DataValidationError as err:
         problems += err.problems
     problems += _tunable_parts_problems(model.mm_tunable_parts)
+    problems += _training_option_problems(arguments)
     problems += _path_problems(arguments)
     return problems
+
+
+def _training_option_problems(arguments: Arguments) -> list[str]:
+    from .lora import training_option_problems
+
+    return training_option_problems(arguments)
 
 
 def _tunable_parts_problems(value: str | None) -> list[str]:
@@ -116,12 +126,7 @@ def _path_problems(arguments: Arguments) -> list[str]:
         )
     if not data.video_folder and not data.data_index:
         problems.append("--video_folder: missing. Fix: comma-separated trajectory source folders")
-    if training.deepspeed and isinstance(training.deepspeed, str):
-        path = Path(training.deepspeed)
-        try:
-            json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            problems.append(f"--deepspeed {path}: unreadable DeepSpeed config ({err}). Fix: a JSON file")
+    problems += deepspeed_config_problems(training) + fsdp_problems(training)
     return problems
 
 
@@ -154,21 +159,31 @@ def machine_plan(arguments: Arguments, device: Device = "auto", nproc_per_node: 
         resolved == "cuda" and importlib.util.find_spec("flash_attn") is not None
     ):
         why = "flash-attn is not installed" if resolved == "cuda" else f"device {resolved}"
-        plan.substitutions.append(
-            f"--attn_implementation flash_attention_2 needs flash-attn on CUDA ({why}): sdpa"
-        )
-        plan.worker_flags["attn_implementation"] = "sdpa"
+        if "attn_implementation" in arguments.given:  # asked for, not the published default
+            plan.problems.append(
+                f"--attn_implementation flash_attention_2 needs flash-attn on CUDA ({why}). "
+                "Fix: --attn_implementation sdpa (or eager), or install flash-attn on a CUDA host"
+            )
+        else:
+            plan.substitutions.append(
+                f"--attn_implementation flash_attention_2 needs flash-attn on CUDA ({why}): sdpa"
+            )
+            plan.worker_flags["attn_implementation"] = "sdpa"
     optim = str(getattr(training.optim, "value", training.optim))
     if ("bnb" in optim or "8bit" in optim) and importlib.util.find_spec("bitsandbytes") is None:
         plan.problems.append(
             f"--optim {optim}: needs the bitsandbytes package, which is not installed. "
             "Fix: pip install bitsandbytes, or --optim adamw_torch"
         )
-    if training.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        plan.problems.append(
-            "--deepspeed: the deepspeed package is not installed. Fix: pip install deepspeed"
-        )
+    plan.problems += _package_problems(training)
+    plan.problems += combination_problems(training)  # --deepspeed with --fsdp, or without its package
     return plan
+
+
+def _package_problems(training) -> list[str]:
+    from .lora import machine_problems
+
+    return machine_problems(training)  # --bits 4|8: bitsandbytes, a strategy that can hold it
 
 
 def _tf32_available() -> bool:
@@ -187,6 +202,7 @@ def checkpoint_report(arguments: Arguments) -> tuple[list[str], list[str]]:
     """(problems, unexpected weight names) for the checkpoint, from its config and headers only."""
     from .builder import checkpoint_problems, meta_model, model_config
     from .freezing import freezing_plan, no_trainable_problem
+    from .lora import planned_model
     from .vision import vision_select_problems
 
     try:
@@ -197,7 +213,9 @@ def checkpoint_report(arguments: Arguments) -> tuple[list[str], list[str]]:
         model = meta_model(config)
     except (OSError, ValueError, TypeError, KeyError) as err:
         return [f"{arguments.model.model_name_or_path}/config.json: cannot build the model ({err})"], []
-    nothing_trains = no_trainable_problem(model, freezing_plan(arguments.model, arguments.training))
+    # With --lora_enable the LoRA layers are among the names the freezing flags decide on.
+    names = planned_model(meta_model(config), arguments.training) if arguments.training.lora_enable else model
+    nothing_trains = no_trainable_problem(names, freezing_plan(arguments.model, arguments.training))
     if nothing_trains:
         problems.append(nothing_trains)
     try:
@@ -223,11 +241,19 @@ def tokenizer_problems(arguments: Arguments) -> list[str]:
     return []
 
 
-def preflight(arguments: Arguments, device: Device = "auto", nproc_per_node: int = 1) -> MachinePlan:
+def preflight(
+    arguments: Arguments,
+    device: Device = "auto",
+    nproc_per_node: int = 1,
+    world_size: int | None = None,
+    deepspeed: str | dict | None = None,
+) -> MachinePlan:
     """Run every check; raise PreflightError listing all problems, else return the machine plan.
 
     Checks that need a readable checkpoint or a usable template are skipped when the arguments
-    already say why they cannot pass (one clear problem instead of echoes of it).
+    already say why they cannot pass (one clear problem instead of echoes of it). `world_size`
+    (default: `nproc_per_node`) and `deepspeed` (a launch's config beside the flags) size the
+    `--gpu_memory_gb` memory check, which runs only on an otherwise sound run.
     """
     from .builder import tokenizer_path
     from .conversation import SUPPORTED_VERSIONS
@@ -241,6 +267,14 @@ def preflight(arguments: Arguments, device: Device = "auto", nproc_per_node: int
         tokenizer_there = (Path(tokenizer_path(model)) / "tokenizer_config.json").is_file()
         if tokenizer_there and model.version in SUPPORTED_VERSIONS:
             problems += tokenizer_problems(arguments)
+        if not problems:
+            problems += _memory_problems(arguments, world_size or nproc_per_node, deepspeed)
     if problems:
         raise PreflightError(problems)
     return plan
+
+
+def _memory_problems(arguments: Arguments, world_size: int, deepspeed: str | dict | None) -> list[str]:
+    from .memory_plan import memory_problems
+
+    return memory_problems(arguments, world_size, deepspeed)

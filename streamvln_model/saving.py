@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +41,20 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from .builder import WEIGHT_FILE, WEIGHT_INDEX, checkpoint_problems, meta_model
 from .configuration import StreamVLNConfig
 from .constants import IMAGE_TOKEN_INDEX
+from .loading import (
+    FULL,
+    LORA,
+    NON_LORA_WEIGHTS,
+    PROJECTOR,
+    PROJECTOR_WEIGHTS,
+    SaveLayoutError,
+    base_checkpoint,
+    load_trained,
+    run_config,
+    save_format,
+    write_record,
+)
+from .lora import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS_FILE
 from .modeling import StreamVLNForCausalLM
 from .vision import KNOWN_TOWERS, resolve_vision_config
 
@@ -269,7 +285,7 @@ def verify_saved_model(output_dir: str | Path, probe: Probe) -> None:
     if same_kernels and probe.attn_implementation:
         options["attn_implementation"] = probe.attn_implementation
     try:
-        reloaded = StreamVLNForCausalLM.from_pretrained(output_dir, **options)
+        reloaded = load_trained(output_dir, **options)  # full, LoRA (base + adapter) or projector-only
     except Exception as err:
         raise SavedModelError(f"{output_dir}: the saved model does not load again: {err}") from err
     logits = probe_logits(reloaded, probe.inputs)
@@ -288,28 +304,167 @@ def verify_saved_model(output_dir: str | Path, probe: Probe) -> None:
             f"difference on the reload probe is {difference:.4g} (allowed {allowed:.4g}). Some weights "
             "were not saved or do not fit the saved config.json; do not use this folder"
         )
-    logger.info("reload check passed for %s (largest logit difference %.3g)", output_dir, difference)
+    logger.info(
+        "reload check passed for %s (%s save, largest logit difference %.3g)",
+        output_dir,
+        save_format(output_dir),
+        difference,
+    )
+
+
+def forget_unused_weight_conversions(model: StreamVLNForCausalLM) -> None:
+    """Keep only the checkpoint renamings that matched a weight when the model was loaded.
+
+    `save_pretrained` reverses the renamings recorded at load time, so that a folder is saved in
+    the layout it was read from. The regular loader records only the renamings that matched; the
+    ZeRO-3 loader of transformers 5.24 records all of them, and reversing SigLIP's (drop a
+    `vision_model.` prefix) adds a prefix our checkpoints never had: the saved tower weights then
+    read `...vision_model.vision_model.*` and fit no model. Filtering makes every strategy save
+    the names the regular loader would.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if c.was_used()]
+
+
+def weights_are_sharded(trainer) -> bool:
+    """Whether each rank holds only a shard of the weights (ZeRO-3, FSDP): any forward of the
+    trained model is then a collective that every rank must run."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+@contextmanager
+def zero3_init_paused(trainer) -> Iterator[None]:
+    """Load models as plain single-process models while ZeRO-3 training is configured.
+
+    With ZeRO-3 configured, `from_pretrained` builds the model inside `deepspeed.zero.Init`, a
+    collective that partitions it across all ranks; rank 0 reloading the saved folder alone
+    would wait there for the other ranks forever. The reload check needs the whole model in
+    rank 0, so the DeepSpeed config is detached for its duration and attached again after.
+    """
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    config = getattr(trainer.args, "hf_deepspeed_config", None)
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            set_hf_deepspeed_config(config)
 
 
 def save_trained_model(trainer, tokenizer, image_processor, output_dir: str) -> None:
-    """Save the final model folder (all ranks take part), then rank 0 checks it reloads exactly."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
+    """Save the final model folder (all ranks take part), then rank 0 checks it reloads exactly.
 
+    Under ZeRO-3 the Trainer gathers the full weights for the save
+    (`stage3_gather_16bit_weights_on_model_save`), under FSDP the full state dict
+    (`state_dict_type: FULL_STATE_DICT`); preflight refuses configs without them. The probe the
+    reload is compared against is the trained model's own forward, run on every rank when the
+    weights are sharded, so it sees the full trained weights and not rank 0's shard.
+    """
     trainer.save_state()
     model = trainer.model
     model.config.use_cache = True
+    if trained_format(model) != FULL:  # LoRA adapter, or the projector alone (published layouts)
+        save_partial_model(trainer, tokenizer, image_processor, output_dir)
+        return
     stored = model.get_vision_tower().config
     needs_tower = point_config_at_tower(model.config, stored, Path(output_dir))
+    forget_unused_weight_conversions(model)
     trainer.save_model(output_dir)
     probe = None
-    # Under ZeRO-3 every rank holds a shard of the weights, so every rank runs the probe forward.
-    if trainer.is_world_process_zero() or is_deepspeed_zero3_enabled():
+    if trainer.is_world_process_zero() or weights_are_sharded(trainer):
         probe = probe_model(model)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)
         write_companion_files(Path(output_dir), stored if needs_tower else None, image_processor)
-        verify_saved_model(output_dir, probe)
+        with zero3_init_paused(trainer):
+            verify_saved_model(output_dir, probe)
+
+
+# --- Partial saves: the LoRA adapter, or the projector alone ---------------------------------------
+def trained_format(model) -> str:
+    """The layout a trained model is saved in, as published: the adapter (plus the other trained
+    weights) with LoRA; the projector alone when only projector (or resampler) weights train;
+    else the full model.
+
+    Decided on what actually trains: the published script also saves only the projector under
+    `--tune_mm_mlp_adapter --unfreeze_mm_vision_tower`, losing the trained tower; here that run
+    saves the full model.
+    """
+    from .freezing import PROJECTOR_PREFIX, RESAMPLER_PREFIX
+    from .lora import is_peft_model
+
+    if is_peft_model(model):
+        return LORA
+    trained = [name for name, param in model.named_parameters() if param.requires_grad]
+    if trained and all(name.startswith((PROJECTOR_PREFIX, RESAMPLER_PREFIX)) for name in trained):
+        return PROJECTOR
+    return FULL
+
+
+def full_tensors(model, names: list[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the named parameters, whole even where ZeRO-3 or FSDP shard them.
+
+    Every rank must call it: gathering a ZeRO-3 partition or an FSDP DTensor is a collective.
+    """
+    params = dict(model.named_parameters())
+    selected = [params[name] for name in names]
+    if any(hasattr(param, "ds_id") for param in selected):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(selected, modifier_rank=None):
+            return {name: params[name].detach().cpu().clone() for name in names}
+    return {
+        name: (param.full_tensor() if hasattr(param, "full_tensor") else param).detach().cpu().clone()
+        for name, param in zip(names, selected, strict=True)
+    }
+
+
+def save_partial_model(trainer, tokenizer, image_processor, output_dir: str) -> None:
+    """The LoRA or projector-only layout (loading.py), then rank 0's reload check against the
+    trained model, as for a full save.
+
+    LoRA: the Trainer writes the adapter (adapter_model.safetensors, adapter_config.json; it
+    gathers sharded weights itself), then every other trained weight goes to
+    non_lora_trainables.safetensors under the same peft names as the published .bin. Projector:
+    mm_projector.safetensors. Both write config.json (with `vision_config`, so the tower sizes do
+    not depend on the base's path) and the record of the base checkpoint.
+    """
+    from .lora import LORA_KEY, unwrap
+
+    model = trainer.model
+    base = unwrap(model)
+    layout = trained_format(model)
+    trained = [name for name, param in model.named_parameters() if param.requires_grad]
+    if layout == LORA:
+        trainer.save_model(output_dir)
+        files = {NON_LORA_WEIGHTS: full_tensors(model, [n for n in trained if LORA_KEY not in n])}
+    else:
+        files = {PROJECTOR_WEIGHTS: full_tensors(model, trained)}
+    probe = None
+    if trainer.is_world_process_zero() or weights_are_sharded(trainer):
+        probe = probe_model(model)
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for file, tensors in files.items():
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+    if not base.config.vision_config:
+        base.config.vision_config = tower_sizes(base.get_vision_tower().config)
+    base.config.save_pretrained(out)
+    if getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    write_tokenizer_fields(out)
+    write_record(out, layout, base.name_or_path, probe.dtype)
+    with zero3_init_paused(trainer):
+        verify_saved_model(out, probe)
 
 
 # --- The flow's check: headers only ----------------------------------------------------------------
@@ -323,8 +478,66 @@ def check_saved_files(output_dir: str | Path) -> dict[str, list[str]]:
             problems.append(f"{output_dir}: no {name}; the training run did not finish saving")
     if problems:
         raise SavedModelError("\n".join(problems))
+    if save_format(output_dir) != FULL:
+        return check_partial_files(output_dir)
     config = StreamVLNConfig.from_pretrained(output_dir)
     problems, unexpected = checkpoint_problems(output_dir, meta_model(config))
     if problems:
         raise SavedModelError("the saved model is incomplete:\n" + "\n".join(problems))
+    return {"unexpected": unexpected}
+
+
+def _header_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(file), framework="pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+def _fit_problems(file: Path, stored: dict, expected: dict, complete: bool) -> list[str]:
+    """Names and shapes of `file` against the model's; with `complete`, every expected name too."""
+    problems = [
+        f"{file.name}: {name!r} is no weight of the model" for name in sorted(set(stored) - set(expected))
+    ]
+    problems += [
+        f"{file.name}: {name!r} has shape {list(stored[name])}, the model {list(expected[name])}"
+        for name in sorted(set(stored) & set(expected))
+        if stored[name] != tuple(expected[name])
+    ]
+    if complete:
+        problems += [f"{file.name}: lacks {name!r}" for name in sorted(set(expected) - set(stored))]
+    return problems
+
+
+def check_partial_files(output_dir: Path) -> dict[str, list[str]]:
+    """The flow's header check of a LoRA or projector-only save: the base checkpoint still fits the
+    run's config, and every saved tensor has a place of its shape in the model (meta device)."""
+    layout = save_format(output_dir)
+    weights = [ADAPTER_WEIGHTS_FILE, NON_LORA_WEIGHTS] if layout == LORA else [PROJECTOR_WEIGHTS]
+    problems = [
+        f"{output_dir}: no {name}; the training run did not finish saving"
+        for name in weights
+        if not (output_dir / name).is_file()
+    ]
+    try:
+        base = base_checkpoint(output_dir)
+    except SaveLayoutError as err:
+        problems.append(str(err))
+    if problems:
+        raise SavedModelError("\n".join(problems))
+    config, _ = run_config(output_dir)
+    problems, unexpected = checkpoint_problems(base, meta_model(config))
+    model = meta_model(config)
+    if layout == LORA:
+        from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+        with torch.device("meta"):
+            model = get_peft_model(model, LoraConfig.from_pretrained(str(output_dir)))
+        adapter = {name: tensor.shape for name, tensor in get_peft_model_state_dict(model).items()}
+        file = output_dir / ADAPTER_WEIGHTS_FILE
+        problems += _fit_problems(file, _header_shapes(file), adapter, complete=True)
+    parameters = {name: param.shape for name, param in model.named_parameters()}
+    extra = output_dir / weights[-1]
+    problems += _fit_problems(extra, _header_shapes(extra), parameters, complete=False)
+    if problems:
+        problems.insert(0, f"the saved {layout} model does not fit its base {base}:")
+        raise SavedModelError("\n".join(problems))
     return {"unexpected": unexpected}

@@ -32,10 +32,11 @@ from .data.errors import DataValidationError
 from .data.index import build_index, load_index
 from .data.vln_dataset import VLNActionDataset
 from .freezing import apply_freezing, trainable_parts
+from .lora import add_training_options, restore_training_dtypes, unwrap
 from .preflight import MachinePlan, preflight
 from .saving import save_trained_model
 from .secrets import move_secrets_to_env, secrets_in_environment
-from .trainer import MlflowRunCallback, ProgressCallback, StreamVLNTrainer
+from .trainer import MlflowRunCallback, ProgressCallback, ShardingCallback, StreamVLNTrainer
 from .vision import build_image_processor
 
 logger = logging.getLogger("streamvln.train")
@@ -76,7 +77,7 @@ def make_supervised_data_module(
 
 
 def _callbacks() -> list:
-    callbacks = [ProgressCallback()]
+    callbacks = [ProgressCallback(), ShardingCallback()]
     if os.environ.get("MLFLOW_RUN_ID"):
         callbacks.append(MlflowRunCallback())
     return callbacks
@@ -154,6 +155,25 @@ def apply_machine_plan(training_args: TrainingArguments, plan: MachinePlan) -> N
             logger.warning("substitution: %s", line)
 
 
+def init_zero3_communication(training_args: TrainingArguments) -> None:
+    """Under ZeRO-3, start DeepSpeed's communication before the model loads.
+
+    transformers then builds the model inside `deepspeed.zero.Init`, which partitions every weight
+    across the ranks as it is created (a 7B model never exists whole in one process). zero.Init
+    needs DeepSpeed's process group for that; without it each rank partitions for a world of one
+    and DeepSpeed's batch-size check fails at the first step. On a CPU host the group is gloo
+    (DeepSpeed's default for its CPU accelerator, oneCCL, is not installed). ZeRO-1/2 and FSDP
+    need nothing here: the Trainer sets them up when it wraps the loaded model.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else "nccl")
+
+
 def freeze_never_used(model) -> None:
     """Parameters the forward never uses get no gradient; trainable, they stop DDP (see modeling.py)."""
     never_used = set(model.unused_parameter_names())
@@ -169,7 +189,8 @@ def train(argv: list[str] | None = None) -> None:
     move_secrets_to_env(training_args)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     device = "cpu" if training_args.use_cpu else "auto"
-    apply_machine_plan(training_args, preflight(arguments, device, local_world))
+    machine = preflight(arguments, device, local_world, world_size=training_args.world_size)
+    apply_machine_plan(training_args, machine)
     if secrets_in_environment() and training_args.process_index == 0:
         logger.info("secrets from the environment: %s", ", ".join(secrets_in_environment()))
     if training_args.verbose_logging and training_args.process_index == 0:
@@ -180,17 +201,20 @@ def train(argv: list[str] | None = None) -> None:
     # Data first: bad annotations must fail before minutes of weight loading. Then the model:
     # the tower it carries defines the image preprocessing the dataset needs.
     index = load_or_build_index(data_args)
+    init_zero3_communication(training_args)
     model = load_model(model_args, data_args, training_args)
-    counts = apply_freezing(model, trainable_parts(model_args, training_args))
-    freeze_never_used(model)
+    # Published order: k-bit preparation, input gradients, LoRA wrapper, then the freezing flags
+    # (which decide whether the LoRA layers train); they act on the model under the wrapper.
+    model = add_training_options(model, training_args)
+    counts = apply_freezing(unwrap(model), trainable_parts(model_args, training_args))
+    freeze_never_used(unwrap(model))
+    restore_training_dtypes(unwrap(model), training_args)
     logger.info(
         "world size %d; parameters: total %d, trainable %d",
         training_args.world_size,
         counts["total"],
         counts["trainable"],
     )
-    if training_args.gradient_checkpointing:
-        model.enable_input_require_grads()
     tokenizer, token_spec = load_prepared_tokenizer(model_args)
     image_processor = build_image_processor(model.get_vision_tower().config)
     data_module = make_supervised_data_module(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
+from pathlib import Path
 
+from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
+
+from .loading import NON_LORA_WEIGHTS, load_named
+from .lora import is_peft_model, non_lora_trainables
 
 PROGRESS_PREFIX = "streamvln-progress "
 
@@ -27,31 +33,107 @@ class StreamVLNTrainer(Trainer):
         if self.args.loss_per_micro_batch:
             self.model_accepts_loss_kwargs = False
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            enable_fsdp_on_cpu(self)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """With LoRA, also the other trained weights (e.g. the projector) beside the adapter.
+
+        peft saves only the adapter into checkpoint-N, so a run resumed from it would restart those
+        weights from the base checkpoint (the published trainer does). Under DeepSpeed the resume
+        reads DeepSpeed's own full checkpoint instead; with a consolidated `state_dict` (ZeRO-3,
+        FSDP) the weights come from it.
+        """
+        super()._save(output_dir, state_dict)
+        if self.args.should_save and is_peft_model(self.model):
+            tensors = non_lora_trainables(self.model, state_dict)
+            if tensors is not None:
+                target = Path(output_dir or self.args.output_dir) / NON_LORA_WEIGHTS
+                save_file(tensors, str(target), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = Path(resume_from_checkpoint) / NON_LORA_WEIGHTS
+        if is_peft_model(self.model) and saved.is_file():
+            load_named(self.model, saved)
+
     def create_optimizer(self, model=None):
+        """Published groups: weight decay except on biases and norms (transformers' rule: bias,
+        LayerNorm modules, names with layernorm/rmsnorm/norm); the projector's and the tower's
+        parameters (by name, also under a peft wrapper) at their own lr when one is set. Without
+        either lr these are exactly the Trainer's default groups, as published."""
         args = self.args
         if self.optimizer is not None or (args.mm_projector_lr is None and args.mm_vision_tower_lr is None):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[bool, float | None], list] = {}
-        for name, param in opt_model.named_parameters():
-            if not param.requires_grad:
-                continue
-            lr = None
-            if "mm_projector" in name and args.mm_projector_lr is not None:
-                lr = args.mm_projector_lr
-            elif "vision_tower" in name and args.mm_vision_tower_lr is not None:
-                lr = args.mm_vision_tower_lr
-            groups.setdefault((name in decay, lr), []).append(param)
-        param_groups = []
-        for (decays, lr), params in groups.items():
-            group = {"params": params, "weight_decay": args.weight_decay if decays else 0.0}
-            if lr is not None:
-                group["lr"] = lr
-            param_groups.append(group)
+        param_groups = parameter_groups(opt_model.named_parameters(), decay, args)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        if "bitsandbytes" in str(optimizer_cls) and optimizer_kwargs.get("optim_bits") == 8:
+            _embeddings_in_32_bit(opt_model)  # what the Trainer's default path does for 8-bit Adam
         return self.optimizer
+
+
+def module_lr(name: str, args) -> float | None:
+    """The lr of parameter `name` when it differs from --learning_rate (published name matching)."""
+    if "mm_projector" in name and args.mm_projector_lr is not None:
+        return args.mm_projector_lr
+    if "vision_tower" in name and args.mm_vision_tower_lr is not None:
+        return args.mm_vision_tower_lr
+    return None
+
+
+def parameter_groups(named_parameters, decay: set[str], args) -> list[dict]:
+    """Trainable parameters grouped by (decays, lr); groups without their own lr use the
+    optimizer's default, --learning_rate."""
+    groups: dict[tuple[bool, float | None], list] = {}
+    for name, param in named_parameters:
+        if param.requires_grad:
+            groups.setdefault((name in decay, module_lr(name, args)), []).append(param)
+    param_groups = []
+    for (decays, lr), params in groups.items():
+        group = {"params": params, "weight_decay": args.weight_decay if decays else 0.0}
+        if lr is not None:
+            group["lr"] = lr
+        param_groups.append(group)
+    return param_groups
+
+
+def _embeddings_in_32_bit(model) -> None:
+    import bitsandbytes
+    from torch import nn
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+
+
+def enable_fsdp_on_cpu(trainer: Trainer) -> None:
+    """Make `--fsdp` shard on a CPU host instead of silently training plain DDP.
+
+    accelerate (1.15) hands its FSDP plugin to the run only on accelerator devices; on a CPU
+    host with several processes it keeps MULTI_CPU, and the Trainer then wraps the model in DDP
+    as if `--fsdp` had not been given. torch's `fully_shard` itself runs over gloo, so the plugin
+    is installed the way accelerate installs it on a GPU host; the rest (wrapping by decoder
+    layer, full-state-dict save) is then accelerate's and the Trainer's own FSDP path. Any other
+    device type is left alone: there, a plugin accelerate ignored is not ours to force.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.distributed_type = DistributedType.FSDP
+    # Every later `AcceleratorState()` copies the process state's type over its own; accelerate
+    # keeps the two equal on GPU hosts the same way.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
 
 
 def _numeric(logs: dict) -> dict[str, float]:
@@ -96,3 +178,36 @@ class MlflowRunCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self._log(_numeric(logs), state.global_step)
+
+
+class ShardingCallback(TrainerCallback):
+    """Once the Trainer has wrapped the model: rank 0 logs how it is sharded, and a run that asked
+    for FSDP but got an unsharded model stops (all ranks) instead of training as plain DDP.
+
+    accelerate keeps its FSDP plugin only where it supports it (see `enable_fsdp_on_cpu`); a
+    model with no FSDP unit after wrapping means the flags were dropped somewhere on the way.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        from .strategies import strategy_name
+
+        sharded = (FSDPModule, FullyShardedDataParallel)  # FSDP2 modules, FSDP1 wrappers
+        units = sum(isinstance(m, sharded) for m in model.modules()) if model is not None else 0
+        if args.fsdp and units == 0:
+            raise RuntimeError(
+                "--fsdp was given but the Trainer left the model unsharded (accelerate ignored the FSDP "
+                f"plugin for distributed type {_distributed_type()}); refusing to train it as plain DDP"
+            )
+        if state.is_world_process_zero:
+            detail = f", {units} sharded modules" if units else ""
+            logging.getLogger("streamvln.train").info(
+                "sharding: %s over %d rank(s)%s", strategy_name(args), args.world_size, detail
+            )
+
+
+def _distributed_type() -> str:
+    from accelerate.state import PartialState
+
+    return str(PartialState().distributed_type)

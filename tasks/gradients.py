@@ -7,6 +7,7 @@ from prefect import get_run_logger
 from streamvln_model.builder import meta_model
 from streamvln_model.configuration import StreamVLNConfig
 from streamvln_model.freezing import apply_freezing, freezing_plan, trained_parts
+from streamvln_model.lora import planned_model
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import GradientPlan, ModelPlan, ResolvedArguments
@@ -16,7 +17,9 @@ from tasks.types import GradientPlan, ModelPlan, ResolvedArguments
 def plan_gradients(arguments: ResolvedArguments, model_plan: ModelPlan) -> GradientPlan:
     model_args, _, training_args = parsed(arguments)
     plan = freezing_plan(model_args, training_args)
-    counts = apply_freezing(meta_model(StreamVLNConfig.from_dict(model_plan.config)), plan)
+    # With --lora_enable the planned model has its LoRA layers (meta device), counted per part.
+    model = planned_model(meta_model(StreamVLNConfig.from_dict(model_plan.config)), training_args)
+    counts = apply_freezing(model, plan)
     parts = trained_parts(counts)
     get_run_logger().info(
         "trainable %s of %s parameters (%s; %s)",

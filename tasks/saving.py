@@ -3,7 +3,8 @@
 The flow process never loads weights (a 7B model is ~15 GB): the worker's rank 0 already
 reloaded the folder and compared logits with the trained model before exiting
 (`streamvln_model.saving.verify_saved_model`). Here only safetensors headers are read, against
-config.json, and the pyfunc is logged from the files.
+config.json, and the pyfunc is logged from the files. A LoRA or projector-only save (loading.py)
+is checked against its base checkpoint's headers, and the base travels with the pyfunc.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import mlflow
 from prefect.runtime import flow_run
 
 from tasks.caching import side_effect_task
-from tasks.types import DataPlan, GradientPlan, ResolvedArguments
+from tasks.types import DataPlan, GradientPlan, MemoryPlan, ResolvedArguments
 
 
 def tracking_uri() -> str:
@@ -42,9 +42,15 @@ def close_run(run_id: str, succeeded: bool) -> None:
 
 @side_effect_task("log-plan-artifacts")
 def log_plan(
-    run_id: str, arguments: ResolvedArguments, data: DataPlan, gradients: GradientPlan, plan_path: str
+    run_id: str,
+    arguments: ResolvedArguments,
+    data: DataPlan,
+    gradients: GradientPlan,
+    plan_path: str,
+    memory: MemoryPlan | None = None,
 ) -> None:
-    """Resolved config, data summary (lineage: sources + content fingerprint) and the worker plan."""
+    """Resolved config, data summary (lineage: sources + content fingerprint), the worker plan and
+    the predicted per-GPU memory (to set beside the workers' measured peaks)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "resolved_arguments.json").write_text(
@@ -52,6 +58,8 @@ def log_plan(
         )
         (folder / "data_summary.json").write_text(json.dumps(data.model_dump(), indent=2))
         (folder / "parameter_counts.json").write_text(json.dumps(gradients.model_dump(), indent=2))
+        if memory is not None:
+            (folder / "memory_plan.json").write_text(json.dumps(memory.model_dump(), indent=2))
         client = mlflow.MlflowClient()
         client.log_artifacts(run_id, str(folder), artifact_path="plan")
         client.log_artifact(run_id, plan_path, artifact_path="plan")
@@ -59,3 +67,8 @@ def log_plan(
         client.set_tag(run_id, "data.sources", ",".join(data.summary["sources"]))
         client.log_metric(run_id, "data.samples", data.summary["samples"])
         client.log_metric(run_id, "model.trainable_parameters", gradients.counts["trainable"])
+        if memory is not None:
+            client.set_tag(run_id, "memory.strategy", memory.strategy)
+            for key in ("parameter", "gradient", "optimizer", "buffer", "activation", "peak"):
+                value = memory.estimate[f"{key}_bytes"]
+                client.log_metric(run_id, f"memory.predicted_{key}_gib", value / 2**30)

@@ -19,6 +19,7 @@ from tasks.types import (
     DataPlan,
     EnvironmentPlan,
     GradientPlan,
+    MemoryPlan,
     ModelPlan,
     ResolvedArguments,
     TokenizerPlan,
@@ -53,6 +54,7 @@ def init_trainer(
     gradients: GradientPlan,
     data: DataPlan,
     launch: LaunchConfig,
+    memory: MemoryPlan | None = None,
 ) -> TrainerPlan:
     """plan.json = the run as data: the request's flags, the launch machine's flags, and the
     arguments the flags resolve to (the worker re-resolves them and checks they are equal)."""
@@ -70,6 +72,7 @@ def init_trainer(
         "vision": vision.model_dump(),
         "gradients": gradients.model_dump(),
         "data": data.model_dump(),
+        "memory": memory.model_dump() if memory else None,  # predicted per-GPU bytes (memory_plan.py)
     }
     plan_path = output_dir / PLAN_FILE
     partial = plan_path.with_suffix(".json.partial")

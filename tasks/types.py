@@ -76,6 +76,25 @@ class GradientPlan(StageResult):
     counts: dict[str, int]
 
 
+class MemoryPlan(StageResult):
+    """Predicted per-GPU memory of the run (streamvln_model/memory_plan.py) and the verdict.
+
+    `fits` is None without `--gpu_memory_gb`; `rows` is the table the UI and MLflow show (the run
+    first, then each cheaper-first change), `estimate` the run's full breakdown in bytes.
+    """
+
+    strategy: str
+    world_size: int
+    sequence_length: int
+    gpu_memory_gb: float | None
+    usable_bytes: int | None
+    peak_bytes: int
+    fits: bool | None
+    cheapest_fit: str | None
+    estimate: JsonObject
+    rows: list[JsonObject]
+
+
 class DataPlan(StageResult):
     index_path: str
     fingerprint: str
@@ -116,6 +135,7 @@ RESULT_TYPES: dict[str, type[StageResult]] = {
         TokenizerPlan,
         VisionPlan,
         GradientPlan,
+        MemoryPlan,
         DataPlan,
         TrainerPlan,
         TrainResult,

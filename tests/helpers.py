@@ -72,6 +72,7 @@ PLANNING_STAGES = (
     "tokenizer-setup",
     "vision-tower-setup",
     "gradient-configuration",
+    "memory-plan",
     "data-module",
 )
 

@@ -234,3 +234,22 @@ def test_worker_plan_mismatch_is_refused(tmp_path):
     path.write_text(json.dumps(plan))
     with pytest.raises(SystemExit, match=r"training\.learning_rate"):
         load_plan_arguments(path)
+
+
+def test_flash_attention_is_substituted_as_a_default_and_refused_when_asked_for():
+    """The published default falls back to sdpa on this CPU host; an explicit request fails in preflight."""
+    from streamvln_model.arguments import resolve_argv, resolve_flags
+    from streamvln_model.preflight import machine_plan
+
+    default = machine_plan(resolve_flags({"output_dir": "out"}), "cpu")
+    assert default.worker_flags["attn_implementation"] == "sdpa" and default.problems == []
+    assert "flash_attention_2 needs flash-attn on CUDA (device cpu): sdpa" in default.substitutions[0]
+    for arguments in (
+        resolve_flags({"output_dir": "out", "attn_implementation": "flash_attention_2"}),
+        resolve_argv(["--output_dir", "out", "--attn_implementation", "flash_attention_2"]),
+    ):
+        asked = machine_plan(arguments, "cpu")
+        assert "attn_implementation" not in asked.worker_flags
+        assert any(
+            p.startswith("--attn_implementation flash_attention_2 needs flash-attn") for p in asked.problems
+        )

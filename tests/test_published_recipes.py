@@ -126,7 +126,7 @@ STAGE_TWO = r"""
     --report_to wandb \
 """
 
-DEEPSPEED = str(REPO_ROOT / "configs" / "zero2.json")
+DEEPSPEED = str(REPO_ROOT / "configs" / "deepspeed" / "zero2.json")
 VARIABLES = {
     "PREV_STAGE_CHECKPOINT": "checkpoints/LLaVA-Video-7B-Qwen2",
     "PROMPT_VERSION": "qwen_1_5",
@@ -339,8 +339,10 @@ def test_published_command_line_resolves_to_the_published_values(stage):
         "loss_per_micro_batch",
         "evaluation_strategy",
         "hub_token",
+        "gpu_memory_gb",
     }
-    ours |= {"tf32", "bf16", "fp16", "use_cpu", "deepspeed", "warmup_ratio"}  # transformers' own fields
+    # transformers' own fields
+    ours |= {"tf32", "bf16", "fp16", "use_cpu", "deepspeed", "fsdp", "fsdp_config", "warmup_ratio"}
     ours |= {"resume_from_checkpoint", "do_train", "do_eval", "do_predict"}
     assert declared - ours - set(expected) == set()
 
