@@ -17,16 +17,29 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def experiment_id_of(client: mlflow.MlflowClient, name: str) -> str:
+    """The experiment's id, created if missing, without `mlflow.set_experiment`'s process-global
+    active experiment (which makes a later `start_run(run_id=...)` of another experiment fail in a
+    long-lived process that runs several flows)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return client.get_experiment_by_name(name).experiment_id
+
+
 @side_effect_task("open-mlflow-run")
 def open_run(experiment_name: str, arguments: ResolvedArguments) -> str:
     """Create the run the workers report into (left RUNNING); params = the resolved arguments."""
-    experiment = mlflow.set_experiment(experiment_name)
+    client = mlflow.MlflowClient()
+    experiment_id = experiment_id_of(client, experiment_name)
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id() or ""),
         "prefect.flow_run_name": str(flow_run.get_name() or ""),
     }
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment.experiment_id, run_name=flow_run.get_name(), tags=tags)
+    run = client.create_run(experiment_id, run_name=flow_run.get_name(), tags=tags)
     params = {f"model.{k}": v for k, v in arguments.model.items()}
     params |= {f"data.{k}": v for k, v in arguments.data.items()}
     params |= {f"training.{k}": v for k, v in arguments.training.items()}
