@@ -26,6 +26,7 @@ from .arguments import Arguments
 from .data.errors import DataValidationError
 from .data.sampling import validate_sampling
 from .field_status import field_problems
+from .quantization import bitsandbytes_missing
 from .strategies import combination_problems, deepspeed_config_problems, fsdp_problems
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -170,7 +171,7 @@ def machine_plan(arguments: Arguments, device: Device = "auto", nproc_per_node: 
             )
             plan.worker_flags["attn_implementation"] = "sdpa"
     optim = str(getattr(training.optim, "value", training.optim))
-    if ("bnb" in optim or "8bit" in optim) and importlib.util.find_spec("bitsandbytes") is None:
+    if ("bnb" in optim or "8bit" in optim) and bitsandbytes_missing():
         plan.problems.append(
             f"--optim {optim}: needs the bitsandbytes package, which is not installed. "
             "Fix: pip install bitsandbytes, or --optim adamw_torch"
