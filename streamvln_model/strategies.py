@@ -125,3 +125,17 @@ def strategy_name(training) -> str:
     if training.fsdp:
         return f"FSDP{(training.fsdp_config or {}).get('version', 2)}"
     return "DDP"
+
+
+def shut_down_process_group() -> None:
+    """Wait for every rank, then close the process group, before a worker process exits.
+
+    Ranks finish at different moments; a rank that exits while gloo's connection to a slower
+    peer is still open makes that peer's gloo thread throw, and the peer aborts (SIGABRT) after
+    it trained and saved correctly. A barrier and an explicit teardown end every rank cleanly.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -36,6 +36,7 @@ from .lora import add_training_options, restore_training_dtypes, unwrap
 from .preflight import MachinePlan, preflight
 from .saving import save_trained_model
 from .secrets import move_secrets_to_env, secrets_in_environment
+from .strategies import shut_down_process_group
 from .trainer import MlflowRunCallback, ProgressCallback, ShardingCallback, StreamVLNTrainer
 from .vision import build_image_processor
 
@@ -229,6 +230,7 @@ def train(argv: list[str] | None = None) -> None:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     save_trained_model(trainer, tokenizer, image_processor, training_args.output_dir)
+    shut_down_process_group()
 
 
 def main() -> None:

@@ -93,6 +93,7 @@ def main() -> None:
     from streamvln_model.data.vln_dataset import VLNActionDataset
     from streamvln_model.freezing import FreezingPlan, apply_freezing
     from streamvln_model.modeling import StreamVLNForCausalLM
+    from streamvln_model.strategies import shut_down_process_group
     from streamvln_model.synthetic.checkpoint import preset_config
     from streamvln_model.tokenizer import load_tokenizer
     from streamvln_model.train import freeze_never_used
@@ -148,6 +149,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps({**capture.result, "world_size": world}))
+    shut_down_process_group()
 
 
 if __name__ == "__main__":
