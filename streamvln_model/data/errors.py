@@ -18,3 +18,7 @@ class DataValidationError(ValueError):
         shown = [str(p) for p in self.problems[:20]]
         more = f"\n  ... and {len(self.problems) - len(shown)} more" if len(self.problems) > len(shown) else ""
         super().__init__(f"{len(self.problems)} data problem(s):\n  " + "\n  ".join(shown) + more)
+
+    def __reduce__(self):
+        # Rebuilt from its problems, not its message, when Prefect persists or ships the error.
+        return (type(self), (self.problems, self.report))
