@@ -80,9 +80,9 @@ def streamvln_train(
     gradients = plan_gradients(arguments, model)
     memory = plan_run_memory(arguments, environment, model)  # --gpu_memory_gb: fits, or the cheapest fix
     show_memory_plan(memory)
-    data = build_data_module(arguments, plan_root)
+    data = build_data_module(arguments, plan_root, vision)  # every sample checked before any GPU
     if not Path(data.index_path).is_dir():  # a cached plan whose index folder was deleted since
-        data = build_data_module.with_options(refresh_cache=True)(arguments, plan_root)
+        data = build_data_module.with_options(refresh_cache=True)(arguments, plan_root, vision)
     trainer_plan = init_trainer(
         arguments, environment, model, tokenizer, vision, gradients, data, launch, memory=memory
     )

@@ -128,6 +128,13 @@ class DataArguments:
             "help": "(ours) Prebuilt Arrow sample index written by the flow; skips scanning the folders."
         },
     )
+    max_invalid_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "(ours) Share of samples with data problems that may be skipped and quarantined "
+            "(listed in the validation report); 0 = any problem fails the run before training."
+        },
+    )
 
 
 @dataclass

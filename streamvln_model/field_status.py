@@ -26,7 +26,6 @@ from .arguments import ARGUMENT_CLASSES, GROUPS, Arguments, default_of
 TRAINING_OPTIONS = (
     "the training-options work (LoRA, 4/8-bit QLoRA; issue 'Fit the real model on real hardware')"
 )
-CO_TRAINING = "the stage-two work (co-training data, augmentation; issue 'Stage two: co-training data')"
 NOT_PLANNED = "not part of the StreamVLN recipe (no issue plans it)"
 
 State = Literal["implemented", "refused", "no_effect"]
@@ -162,7 +161,9 @@ STATUS: dict[str, FieldStatus] = {
     "add_faster_video": refused(NOT_PLANNED),
     "faster_token_stride": no_effect("only read with --add_faster_video (refused)"),
     # ---- DataArguments -------------------------------------------------------------------
-    "data_path": refused(CO_TRAINING),
+    "data_path": implemented(
+        "the stage-two YAML mixture (QA, ScanQA, MMC4 groups; docs/DATA_FORMATS.md); local or s3://"
+    ),
     "lazy_preprocess": no_effect("samples are always built lazily; the published code never reads it"),
     "is_multimodal": no_effect("the published trainer sets it to True itself once the tower is set up"),
     "early_mix_text": no_effect("never read by the navigation dataset"),
@@ -176,22 +177,31 @@ STATUS: dict[str, FieldStatus] = {
     "image_crop_resolution": no_effect("LLaVA image data only"),
     "image_split_resolution": no_effect("LLaVA image data only"),
     "video_folder": implemented("comma-separated trajectory source folders"),
-    "video_fps": refused(CO_TRAINING),
-    "frames_upbound": refused(CO_TRAINING),
-    "add_time_instruction": refused(CO_TRAINING),
-    "force_sample": refused(CO_TRAINING),
+    "video_fps": implemented("video QA: frames sampled at this rate unless force_sample"),
+    "frames_upbound": implemented("video QA and ScanQA: at most this many frames per sample"),
+    "add_time_instruction": implemented("video QA: the published duration/timestamps preamble"),
+    "force_sample": implemented("video QA: always sample exactly frames_upbound frames uniformly"),
     "num_future_steps": implemented("actions per turn; current frames every num_future_steps steps"),
     "num_frames": implemented("steps per sample (chunk length)"),
     "num_history": implemented("history frames per sample; must divide num_frames"),
-    "data_augmentation": refused(CO_TRAINING),
+    "data_augmentation": implemented(
+        "navigation frames: the published colour jitter, posterize, sharpness, autocontrast (seeded)"
+    ),
     "transform_train": no_effect("declared but never read by the published dataset"),
     "image_size": no_effect("frames are resized to the vision tower's own resolution (published: fixed 384)"),
-    "remove_init_turns": refused(CO_TRAINING),
-    "mmc4_video_folder": refused(CO_TRAINING),
-    "scanqa_video_folder": refused(CO_TRAINING),
-    "qa_video_folder": refused(CO_TRAINING),
-    "multi_task_training": refused(CO_TRAINING),
+    "remove_init_turns": implemented(
+        "navigation: leading turns the instruction does not mention are dropped (docs/DATA_FORMATS.md)"
+    ),
+    "mmc4_video_folder": implemented("root of the MMC4 images (local or s3://)"),
+    "scanqa_video_folder": implemented("root of the ScanNet posed_images folders (local or s3://)"),
+    "qa_video_folder": implemented("root of the video QA videos and frame folders (local or s3://)"),
+    "multi_task_training": implemented(
+        "train on --data_path's co-training groups beside the navigation data"
+    ),
     "data_index": implemented("our addition: the flow's validated Arrow index (skips scanning)"),
+    "max_invalid_fraction": implemented(
+        "our addition: skip and quarantine at most this share of bad samples"
+    ),
     # ---- TrainingArguments (published additions) ----------------------------------------
     "cache_dir": no_effect("hub download cache; checkpoints are local folders"),
     "remove_unused_columns": implemented(
@@ -234,7 +244,7 @@ STATUS: dict[str, FieldStatus] = {
     "group_by_varlen": refused(NOT_PLANNED),
     "group_by_modality_length": refused(NOT_PLANNED),
     "group_by_modality_length_auto": refused(NOT_PLANNED),
-    "group_by_task": refused(CO_TRAINING),
+    "group_by_task": implemented("batches never mix tasks (per-task megabatches, shuffled)"),
     "auto_find_batch_size": implemented("transformers' batch-size search"),
     "gradient_checkpointing": implemented("on by default, as published; input embeddings then require grad"),
     "verbose_logging": implemented("rank 0 logs the resolved arguments"),

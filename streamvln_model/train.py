@@ -20,23 +20,23 @@ import os
 import sys
 from pathlib import Path
 
-import datasets
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import Arguments, DataArguments, TrainingArguments, as_data, resolve_argv, resolve_flags
 from .builder import load_model, load_prepared_tokenizer
-from .data.annotations import load_episodes
+from .data.catalog import DataSettings
 from .data.collator import DataCollatorForNavigation
 from .data.errors import DataValidationError
-from .data.index import build_index, load_index
-from .data.vln_dataset import VLNActionDataset
+from .data.store import TrainingIndex, checked_index, open_index
+from .data.training_set import training_dataset
 from .freezing import apply_freezing, trainable_parts
 from .lora import add_training_options, restore_training_dtypes, unwrap
 from .preflight import MachinePlan, preflight
 from .saving import save_trained_model
 from .secrets import move_secrets_to_env, secrets_in_environment
 from .strategies import shut_down_process_group
+from .tokenizer import cache_root
 from .trainer import MlflowRunCallback, ProgressCallback, ShardingCallback, StreamVLNTrainer
 from .vision import build_image_processor
 
@@ -50,27 +50,20 @@ PER_PROCESS_FIELDS = frozenset({"local_rank"})
 LAUNCH_DERIVED_FIELDS = frozenset({"dataloader_pin_memory"})
 
 
-def load_or_build_index(data_args: DataArguments) -> datasets.Dataset:
-    """The flow's prebuilt index, or scan + validate the folders now (standalone runs)."""
+def load_or_build_index(data_args: DataArguments, training_args: TrainingArguments) -> TrainingIndex:
+    """The flow's prebuilt index, or check + index the data now (standalone runs), memory-mapped."""
+    settings = DataSettings.of(vars(data_args), vars(training_args))
     if data_args.data_index:
-        return load_index(data_args.data_index)
-    episodes = load_episodes(data_args.video_folder)
-    return build_index(episodes, data_args.num_frames, data_args.num_history, data_args.num_future_steps)[0]
+        return open_index(data_args.data_index, settings)
+    progress = training_args.process_index == 0 and not training_args.disable_tqdm
+    return open_index(checked_index(settings, cache_root() / "data", progress=progress), settings)
 
 
 def make_supervised_data_module(
-    index: datasets.Dataset, tokenizer, token_spec, image_processor, data_args: DataArguments, training_args
+    index: TrainingIndex, tokenizer, token_spec, image_processor, data_args: DataArguments, training_args
 ) -> dict:
-    dataset = VLNActionDataset(
-        index,
-        tokenizer,
-        token_spec,
-        image_processor,
-        num_frames=data_args.num_frames,
-        num_history=data_args.num_history,
-        num_future_steps=data_args.num_future_steps,
-        seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
-    )
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    dataset = training_dataset(index, tokenizer, token_spec, image_processor, data_args, seed)
     collator = DataCollatorForNavigation(
         pad_token_id=tokenizer.pad_token_id, model_max_length=training_args.model_max_length
     )
@@ -201,7 +194,7 @@ def train(argv: list[str] | None = None) -> None:
 
     # Data first: bad annotations must fail before minutes of weight loading. Then the model:
     # the tower it carries defines the image preprocessing the dataset needs.
-    index = load_or_build_index(data_args)
+    index = load_or_build_index(data_args, training_args)
     init_zero3_communication(training_args)
     model = load_model(model_args, data_args, training_args)
     # Published order: k-bit preparation, input gradients, LoRA wrapper, then the freezing flags

@@ -200,6 +200,14 @@ def tokens_per_frame(grid: int, stride: int, mode: str) -> int:
     return pooled_side(grid, stride, mode) ** 2
 
 
+def frame_tokens(config) -> int:
+    """Visual tokens one frame costs under a StreamVLN config (its tower and spatial pooling)."""
+    tower = resolve_vision_config(config)
+    return tokens_per_frame(
+        tower.image_size // tower.patch_size, config.mm_spatial_pool_stride, config.mm_spatial_pool_mode
+    )
+
+
 def pool_2d(features: torch.Tensor, grid: int, stride: int, mode: str) -> torch.Tensor:
     """Pool `[frames, grid*grid, dim]` patch tokens on their 2D grid to `[frames, side*side, dim]`."""
     frames, patches, dim = features.shape

@@ -1,62 +1,85 @@
-"""Stage 7, Data Module Creation: scan + validate + index the trajectories once, keyed on content.
+"""Stage 7, Data Module Creation: check every sample once, index it under a content key.
 
-The index lands in a content-addressed folder under the plan cache; workers memory-map it.
-If a cached plan points at an index folder that was deleted since, the flow re-runs this task
-with `refresh_cache=True` (see flows/train.py).
+`streamvln_model.data.catalog.check_data` reads every annotation, decodes every image and
+video (resumable: a media-check cache under the plan root), and applies the invalid-data
+policy; the index lands in `<plan_root>/data-index/<content key>`, which nodes mounting the
+same data elsewhere share. The validation report is a Prefect table + markdown artifact (also
+when the check fails) and goes to MLflow with the plan. If a cached plan points at an index
+folder that was deleted since, the flow re-runs this task with `refresh_cache=True`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from streamvln_model.data.mixture import read_mixture
 
-from streamvln_model.data.annotations import load_episodes, split_folders
-from streamvln_model.data.index import build_index, save_index
-from streamvln_model.fingerprint import fingerprint
+from streamvln_model.data import storage
+from streamvln_model.data.catalog import DataSettings, check_data
+from streamvln_model.data.errors import DataValidationError
+from streamvln_model.data.report import ValidationReport
+from streamvln_model.data.store import index_folder, read_manifest, write_index
 from tasks.caching import planning_task
-from tasks.types import DataPlan, ResolvedArguments
+from tasks.types import DataPlan, ResolvedArguments, VisionPlan
+
+REPORT_KEY = "data-validation"
 
 
-def _sources(arguments: ResolvedArguments) -> list[str]:
-    return [str(p) for p in split_folders(arguments.data["video_folder"])]
-
-
-def _sampling(arguments: ResolvedArguments) -> tuple[int, int, int]:
-    data = arguments.data
-    return data["num_frames"], data["num_history"], data["num_future_steps"]
-
-
-def index_dir(arguments: ResolvedArguments, plan_root: str, content: str) -> Path:
-    frames, history, future = _sampling(arguments)
-    return Path(plan_root) / "data-index" / f"{content[:20]}-f{frames}-h{history}-k{future}"
+def data_settings(arguments: ResolvedArguments, vision: VisionPlan | None = None) -> DataSettings:
+    return DataSettings.of(arguments.data, arguments.training, vision.tokens_per_frame if vision else None)
 
 
 def _data_paths(inputs: dict) -> list[str]:
-    return _sources(inputs["arguments"])
+    """What the stage reads, for its cache key: every root, the mixture YAML and its json files."""
+    settings = data_settings(inputs["arguments"])
+    paths = [root.location for root in settings.roots()]
+    if settings.cotraining:
+        paths.append(settings.data_path)
+        try:
+            entries, _ = read_mixture(storage.read_text(settings.data_path), settings.data_path)
+            paths += [entry.json_path for entry in entries]
+        except (FileNotFoundError, ValueError):
+            pass  # the stage itself reports it
+    return paths
 
 
-def _summary_markdown(summary: dict) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
-    actions = ", ".join(f"{k}: {v}" for k, v in summary["action_counts"].items())
-    return f"# Navigation data\n\n| field | value |\n|---|---|\n{rows}\n\nTarget actions: {actions}\n"
+def publish_report(report: dict) -> None:
+    """The report as Prefect artifacts: a markdown overview and the problems as a table."""
+    view = ValidationReport(**report)
+    create_markdown_artifact(view.markdown(), key=REPORT_KEY, description="Data validation report")
+    if view.problems:
+        create_table_artifact(view.problem_rows(), key=f"{REPORT_KEY}-problems", description="Data problems")
 
 
 @planning_task("data-module", reads=_data_paths)
-def build_data_module(arguments: ResolvedArguments, plan_root: str) -> DataPlan:
-    sources = _sources(arguments)
-    content = fingerprint(sources)
-    episodes = load_episodes(sources)  # raises DataValidationError naming file, field and fix
-    index, summary = build_index(episodes, *_sampling(arguments))
-    target = index_dir(arguments, plan_root, content)
-    save_index(index, target)
-    (target / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-    get_run_logger().info(
-        "indexed %d samples from %d episodes into %s", summary.samples, summary.episodes, target
+def build_data_module(
+    arguments: ResolvedArguments, plan_root: str, vision: VisionPlan | None = None
+) -> DataPlan:
+    logger = get_run_logger()
+    settings = data_settings(arguments, vision)
+    try:
+        check = check_data(settings, check_cache=Path(plan_root) / "media-checks.sqlite")
+    except DataValidationError as err:
+        if err.report:
+            publish_report(err.report)
+        raise
+    target, built = write_index(check, index_folder(Path(plan_root) / "data-index", check.key))
+    manifest = read_manifest(target)
+    logger.info(
+        "%s index %s: %s",
+        "built" if built else "reused",
+        target,
+        ", ".join(f"{k} {v}" for k, v in manifest["samples"].items()),
     )
-    create_markdown_artifact(
-        _summary_markdown(summary.to_dict()), key="navigation-data", description="Data summary"
-    )
-    return DataPlan(index_path=str(target), fingerprint=content, summary=summary.to_dict())
+    report = check.report.to_dict()
+    publish_report(report)
+    summary = {
+        "sources": [root["location"] for root in report["roots"]],
+        "samples": sum(manifest["samples"].values()),
+        "samples_per_task": manifest["samples"],
+        "navigation": manifest["navigation"],
+        "report": report,
+    }
+    return DataPlan(index_path=str(target), fingerprint=check.key, summary=summary)

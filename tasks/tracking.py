@@ -76,9 +76,14 @@ def log_plan(
         client = mlflow.MlflowClient()
         client.log_artifacts(run_id, str(folder), artifact_path="plan")
         client.log_artifact(run_id, plan_path, artifact_path="plan")
+        report = Path(tmp) / "validation_report.json"
+        report.write_text(json.dumps(data.summary.get("report", {}), indent=2))
+        client.log_artifact(run_id, str(report), artifact_path="data")
         client.set_tag(run_id, "data.fingerprint", data.fingerprint)
         client.set_tag(run_id, "data.sources", ",".join(data.summary["sources"]))
         client.log_metric(run_id, "data.samples", data.summary["samples"])
+        for task, count in data.summary.get("samples_per_task", {}).items():
+            client.log_metric(run_id, f"data.samples.{task}", count)
         client.log_metric(run_id, "model.trainable_parameters", gradients.counts["trainable"])
         if memory is not None:
             client.set_tag(run_id, "memory.strategy", memory.strategy)

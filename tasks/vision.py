@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.vision import resolve_vision_config, tokens_per_frame
+from streamvln_model.vision import frame_tokens, resolve_vision_config
 from tasks.caching import planning_task
 from tasks.types import ModelPlan, VisionPlan
 
@@ -18,7 +18,7 @@ def setup_vision(model_plan: ModelPlan) -> VisionPlan:
         image_size=tower.image_size,
         patch_size=tower.patch_size,
         patches_per_side=side,
-        tokens_per_frame=tokens_per_frame(side, stride, mode),
+        tokens_per_frame=frame_tokens(config),
         pool_mode=mode,
         pool_stride=stride,
     )

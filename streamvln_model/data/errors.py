@@ -16,7 +16,9 @@ class DataValidationError(ValueError):
         self.problems = list(problems)
         self.report = report
         shown = [str(p) for p in self.problems[:20]]
-        more = f"\n  ... and {len(self.problems) - len(shown)} more" if len(self.problems) > len(shown) else ""
+        more = (
+            f"\n  ... and {len(self.problems) - len(shown)} more" if len(self.problems) > len(shown) else ""
+        )
         super().__init__(f"{len(self.problems)} data problem(s):\n  " + "\n  ".join(shown) + more)
 
     def __reduce__(self):

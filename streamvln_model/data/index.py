@@ -1,41 +1,88 @@
-"""The sample index: one Arrow row per (episode, instruction, chunk start), built once.
+"""The navigation sample index: three Arrow tables built once, memory-mapped by every worker.
 
-Workers memory-map it (`datasets.load_from_disk`) instead of holding every episode as Python
-objects in every dataloader worker, and never re-scan the frame folders.
+* `folders`: one row per distinct frame folder (root position, `video`, frames in step order);
+* `episodes`: one row per episode (its folder, id, instructions, actions);
+* `samples`: one row per (episode, instruction, chunk start), plus the leading turns that
+  `--remove_init_turns` drops for that instruction.
+
+Rows hold paths relative to a root and the root's position, never an absolute location, so
+the index does not depend on where the data is mounted. Episodes that share a frame folder
+(ScaleVLN-size sets) share its row; a sample is three small integers. Workers read rows on
+demand from the memory-mapped files instead of holding every episode as Python objects in
+every dataloader worker (the published loader's cost).
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 
-from ..constants import ACTION_NAMES
-from .annotations import Episode
+from ..constants import ACTION_LEFT, ACTION_NAMES, ACTION_RIGHT, PLACEHOLDER_ACTION
+from .annotations import NavigationScan
 from .sampling import MIN_ACTIONS, chunk_starts, current_steps, history_steps, target_actions
 
-INDEX_FEATURES = datasets.Features(
+FOLDER_FEATURES = datasets.Features(
     {
-        "source": datasets.Value("string"),
-        "episode_id": datasets.Value("string"),
+        "root": datasets.Value("int32"),
         "video": datasets.Value("string"),
-        "instruction": datasets.Value("string"),
-        "instruction_index": datasets.Value("int32"),
-        "actions": datasets.List(datasets.Value("int8")),
         "frames": datasets.List(datasets.Value("string")),
-        "start": datasets.Value("int32"),
     }
 )
+EPISODE_FEATURES = datasets.Features(
+    {
+        "folder": datasets.Value("int32"),
+        "episode_id": datasets.Value("string"),
+        "instructions": datasets.List(datasets.Value("string")),
+        "actions": datasets.List(datasets.Value("int8")),
+    }
+)
+SAMPLE_FEATURES = datasets.Features(
+    {
+        "episode": datasets.Value("int32"),
+        "instruction_index": datasets.Value("int32"),
+        "start": datasets.Value("int32"),
+        "offset": datasets.Value("int32"),
+    }
+)
+TABLES = ("folders", "episodes", "samples")
+
+# Words by which an instruction mentions turning (for --remove_init_turns).
+_TURN_WORDS = re.compile(r"\b(turn|turning|left|right|around|rotate|face|facing|spin)\b", re.IGNORECASE)
+
+
+def leading_turns(actions: list[int], instruction: str) -> int:
+    """How many leading turns `--remove_init_turns` drops for this instruction.
+
+    Our rule (the published code left the option unfinished): an episode often starts with the
+    agent rotating in place to face the path. When the instruction never mentions turning (no
+    "turn", "left", "right", "around", "rotate", "face", "spin"), those leading turns are not
+    grounded in the language, so the steps before the first non-turn action are dropped: the
+    sample starts at the frame where the agent faces the path. An instruction that mentions
+    turning keeps every step.
+    """
+    if _TURN_WORDS.search(instruction):
+        return 0
+    count = 0
+    for action in actions[1:]:
+        if action not in (ACTION_LEFT, ACTION_RIGHT):
+            break
+        count += 1
+    return count
+
+
+def trimmed(actions: list[int], offset: int) -> list[int]:
+    """The episode's actions once `offset` leading steps are dropped (a new placeholder first)."""
+    return actions if offset == 0 else [PLACEHOLDER_ACTION, *actions[offset + 1 :]]
 
 
 @dataclass
 class IndexSummary:
-    """What the data stage found; logged as an MLflow artifact and shown in Prefect."""
+    """What the navigation index holds; part of the validation report."""
 
-    sources: list[str]
     episodes: int
     skipped_short_episodes: int
     samples: int
@@ -48,66 +95,120 @@ class IndexSummary:
         return asdict(self)
 
 
-def sample_rows(episodes: list[Episode], num_frames: int) -> list[dict]:
-    rows = []
-    for episode in episodes:
-        if len(episode.actions) < MIN_ACTIONS:
-            continue
-        for k, instruction in enumerate(episode.instructions):
-            for start in chunk_starts(len(episode.actions), num_frames):
-                rows.append(
-                    {
-                        "source": episode.source,
-                        "episode_id": episode.episode_id,
-                        "video": episode.video,
-                        "instruction": instruction,
-                        "instruction_index": k,
-                        "actions": list(episode.actions),
-                        "frames": list(episode.frames),
-                        "start": start,
-                    }
-                )
-    return rows
+@dataclass
+class NavigationIndex:
+    """The three tables and the current location of each root (position -> location)."""
+
+    folders: datasets.Dataset
+    episodes: datasets.Dataset
+    samples: datasets.Dataset
+    roots: list[str]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def row(self, i: int) -> dict:
+        """Sample `i` joined with its episode and folder (actions and frames after any trim)."""
+        sample = self.samples[i]
+        episode = self.episodes[sample["episode"]]
+        folder = self.folders[episode["folder"]]
+        offset = sample["offset"]
+        return {
+            "root": folder["root"],
+            "video": folder["video"],
+            "episode_id": episode["episode_id"],
+            "instruction_index": sample["instruction_index"],
+            "instruction": episode["instructions"][sample["instruction_index"]],
+            "actions": trimmed(list(episode["actions"]), offset),
+            "frames": folder["frames"][offset:],
+            "start": sample["start"],
+            "offset": offset,
+        }
+
+    def __getitem__(self, key: int | str):
+        """A joined row by position, or a column of the samples table by name (`index["start"]`)."""
+        return self.samples[key] if isinstance(key, str) else self.row(key)
+
+    def __iter__(self):
+        return (self.row(i) for i in range(len(self)))
+
+    def save(self, directory: Path) -> None:
+        for name in TABLES:
+            getattr(self, name).save_to_disk(str(directory / name))
+
+    @classmethod
+    def load(cls, directory: Path, roots: list[str]) -> NavigationIndex:
+        tables = [datasets.load_from_disk(str(directory / name)) for name in TABLES]
+        return cls(*tables, roots=list(roots))
+
+
+def _sample_rows(episodes: list[dict], num_frames: int, remove_init_turns: bool) -> tuple[list[list], int]:
+    """Columns of the samples table, and how many episodes were too short to use."""
+    columns: list[list] = [[], [], [], []]
+    short = 0
+    for e, episode in enumerate(episodes):
+        actions = episode["actions"]
+        used = False
+        for k, instruction in enumerate(episode["instructions"]):
+            offset = leading_turns(actions, instruction) if remove_init_turns else 0
+            length = len(actions) - offset
+            if length < MIN_ACTIONS:
+                continue
+            used = True
+            for start in chunk_starts(length, num_frames):
+                for column, value in zip(columns, (e, k, start, offset), strict=True):
+                    column.append(value)
+        short += not used
+    return columns, short
 
 
 def build_index(
-    episodes: list[Episode], num_frames: int, num_history: int, num_future_steps: int
-) -> tuple[datasets.Dataset, IndexSummary]:
-    rows = sample_rows(episodes, num_frames)
-    index = datasets.Dataset.from_list(rows, features=INDEX_FEATURES)
-    used = [e for e in episodes if len(e.actions) >= MIN_ACTIONS]
+    scan: NavigationScan,
+    num_frames: int,
+    num_history: int,
+    num_future_steps: int,
+    remove_init_turns: bool = False,
+) -> tuple[NavigationIndex, IndexSummary]:
+    """Arrow tables from a checked scan (see `annotations.load_episodes`)."""
+    columns, short = _sample_rows(scan.episodes, num_frames, remove_init_turns)
+    samples = datasets.Dataset.from_dict(
+        dict(zip(SAMPLE_FEATURES, columns, strict=True)), features=SAMPLE_FEATURES
+    )
+    folders = datasets.Dataset.from_list(scan.folders, features=FOLDER_FEATURES)
+    episodes = datasets.Dataset.from_dict(
+        {name: [e[name] for e in scan.episodes] for name in EPISODE_FEATURES}, features=EPISODE_FEATURES
+    )
+    index = NavigationIndex(folders, episodes, samples, roots=[root.location for root in scan.roots])
+    return index, summarize(scan, columns, short, num_frames, num_history, num_future_steps)
+
+
+def summarize(
+    scan: NavigationScan,
+    columns: list[list],
+    short: int,
+    num_frames: int,
+    num_history: int,
+    num_future_steps: int,
+) -> IndexSummary:
+    episode_of, _, starts, offsets = columns
+    lengths = [len(scan.episodes[e]["actions"]) - o for e, o in zip(episode_of, offsets, strict=True)]
     frames_max = max(
         (
-            len(history_steps(r["start"], num_history))
-            + len(current_steps(r["start"], len(r["actions"]), num_frames, num_future_steps))
-            for r in rows
+            len(history_steps(s, num_history)) + len(current_steps(s, n, num_frames, num_future_steps))
+            for s, n in zip(starts, lengths, strict=True)
         ),
         default=0,
     )
-    actions = Counter(a for e in used for a in target_actions(list(e.actions)))
-    summary = IndexSummary(
-        sources=sorted({e.source for e in episodes}),
-        episodes=len(used),
-        skipped_short_episodes=len(episodes) - len(used),
-        samples=len(rows),
-        samples_with_history=sum(r["start"] > 0 for r in rows),
+    per_source = Counter(
+        scan.roots[scan.folders[scan.episodes[e]["folder"]]["root"]].slot for e in episode_of
+    )
+    actions = Counter(a for e in set(episode_of) for a in target_actions(list(scan.episodes[e]["actions"])))
+    return IndexSummary(
+        episodes=len(scan.episodes) - short,
+        skipped_short_episodes=short,
+        samples=len(starts),
+        samples_with_history=sum(s > 0 for s in starts),
         frames_per_sample_max=frames_max,
-        samples_per_source=dict(Counter(r["source"] for r in rows)),
+        samples_per_source=dict(per_source),
         action_counts={ACTION_NAMES[a]: n for a, n in sorted(actions.items())},
     )
-    return index, summary
-
-
-def save_index(index: datasets.Dataset, directory: Path) -> Path:
-    """Write next to the target then rename, so a crash never leaves a half-written index."""
-    directory = Path(directory)
-    partial = directory.with_name(directory.name + ".partial")
-    index.save_to_disk(str(partial))
-    if directory.exists():
-        shutil.rmtree(directory)
-    partial.rename(directory)
-    return directory
-
-
-def load_index(directory: str | Path) -> datasets.Dataset:
-    return datasets.load_from_disk(str(directory))

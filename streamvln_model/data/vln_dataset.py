@@ -1,22 +1,24 @@
-"""`VLNActionDataset`: navigation samples (task 0) from the Arrow sample index."""
+"""`VLNActionDataset`: navigation samples (task 0) read from the memory-mapped sample index."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-import datasets
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase, SiglipImageProcessorPil
 
 from ..conversation import TokenSpec, tokenize_conversation
+from . import storage
 from .annotations import frame_folder
 from .images import preprocess_frames
+from .index import NavigationIndex
 from .prompts import navigation_conversation
+from .records import NAVIGATION
 from .sampling import action_groups, current_steps, history_steps
 
-NAVIGATION_TASK = 0
+NAVIGATION_TASK = NAVIGATION
 
 
 @dataclass
@@ -37,7 +39,7 @@ class SamplePlan:
 class VLNActionDataset(Dataset):
     def __init__(
         self,
-        index: datasets.Dataset,
+        index: NavigationIndex,
         tokenizer: PreTrainedTokenizerBase,
         token_spec: TokenSpec,
         image_processor: SiglipImageProcessorPil,
@@ -45,6 +47,7 @@ class VLNActionDataset(Dataset):
         num_history: int = 8,
         num_future_steps: int = 4,
         seed: int = 0,
+        data_augmentation: bool = False,
     ):
         self.index = index
         self.tokenizer = tokenizer
@@ -54,14 +57,15 @@ class VLNActionDataset(Dataset):
         self.num_history = num_history
         self.num_future_steps = num_future_steps
         self.seed = seed
+        self.data_augmentation = data_augmentation
 
     def __len__(self) -> int:
         return len(self.index)
 
     def plan(self, i: int) -> SamplePlan:
-        row = self.index[i]
-        actions, start = list(row["actions"]), row["start"]
-        frame_dir = frame_folder(row["source"], row["video"])
+        row = self.index.row(i)
+        actions, frames, start = row["actions"], row["frames"], row["start"]
+        frame_dir = frame_folder(self.index.roots[row["root"]], row["video"])
         history = history_steps(start, self.num_history)
         current = current_steps(start, len(actions), self.num_frames, self.num_future_steps)
         groups = action_groups(actions, start, self.num_frames, self.num_future_steps)
@@ -73,8 +77,8 @@ class VLNActionDataset(Dataset):
             episode_id=row["episode_id"],
             instruction=row["instruction"],
             start=start,
-            history_frames=[str(frame_dir / row["frames"][t]) for t in history],
-            current_frames=[str(frame_dir / row["frames"][t]) for t in current],
+            history_frames=[storage.join(frame_dir, frames[t]) for t in history],
+            current_frames=[storage.join(frame_dir, frames[t]) for t in current],
             current_steps=current,
             conversation=conversation,
             input_ids=input_ids,
@@ -83,10 +87,12 @@ class VLNActionDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         plan = self.plan(i)
+        paths = [storage.local_path(p) for p in plan.history_frames + plan.current_frames]
+        augment = random.Random(f"{self.seed}:{i}:augment") if self.data_augmentation else None
         return {
             "input_ids": torch.tensor(plan.input_ids, dtype=torch.long),
             "labels": torch.tensor(plan.labels, dtype=torch.long),
-            "images": preprocess_frames(self.image_processor, plan.history_frames + plan.current_frames),
+            "images": preprocess_frames(self.image_processor, paths, augment=augment),
             "time_ids": torch.tensor(plan.current_steps, dtype=torch.long),
             "task_type": NAVIGATION_TASK,
         }
