@@ -265,10 +265,15 @@ def check_data(
     sources, co_problems = scan_cotraining(settings, roots) if settings.cotraining else ([], [])
     problems = [*nav.problems, *co_problems, *(p for s in sources for p in s.scan.problems)]
     items = _media_items(nav, sources, roots)
-    locations = [(storage.join(roots[root].location, rel), kind) for root, rel, kind in items]
-    results = check_media(
-        locations, cache_path=check_cache, workers=workers, progress=progress, decode=decode
-    )
+    # A frame folder standing for a video (LLaVA-Video-178K) is checked as a video.
+    locations = [
+        (storage.join(roots[root].location, rel), "image" if kind == "image" else "video")
+        for root, rel, kind in items
+    ]
+    if decode:
+        results = check_media(locations, cache_path=check_cache, workers=workers, progress=progress)
+    else:
+        results = [_listed(location, kind) for location, kind in locations]
     problems += _media_problems(items, results, nav, sources)
     tokens = _navigation_tokens(nav, settings) + _cotraining_tokens(sources, settings)
     problems += _length_problems(tokens, settings.model_max_length)
