@@ -90,7 +90,7 @@ def test_frame_count_differs_from_action_count(env, data, tmp_path):
     message, states = _run_failing(tmp_path, env, data)
     assert f"{data}/annotations.json: episode #2 (id={episode['id']})" in message
     assert (
-        f"field 'actions' has {len(episode['actions'])} entries but {frame_dir} "
+        f"field 'actions': {len(episode['actions'])} entries but {frame_dir} "
         f"holds {len(episode['actions']) - 1} frames"
     ) in message
     assert message.startswith("1 data problem(s)")
@@ -102,7 +102,7 @@ def test_unknown_action_id(env, data, tmp_path):
     episodes[1]["actions"][5] = 7
     write_annotations(data, episodes)
     message, states = _run_failing(tmp_path, env, data)
-    assert f"{data}/annotations.json: episode #1 (id={episodes[1]['id']}) field 'actions'[5] = 7" in message
+    assert f"{data}/annotations.json: episode #1 (id={episodes[1]['id']}) field 'actions[5]': 7" in message
     assert "is not an action id" in message
     assert states["data-module"] == ["Failed"]
 
@@ -131,16 +131,16 @@ def test_load_episodes_reports_every_problem_at_once(synthetic_data, tmp_path):
     problems = caught.value.problems
     annotations = f"{data}/annotations.json"
     expected = [
-        f"{annotations}: episode #0 (id=0) field 'actions'[3] = 9",
+        f"{annotations}: episode #0 (id=0) field 'actions[3]': 9 is not an action id",
         f"{annotations}: episode #1 (id=1) field 'instructions'",
         f"{annotations}: episode #2 (id=2): missing field(s) 'video'",
         f"{annotations}: episode #3 (id=3) field 'video': frame folder {data / 'images/nowhere/rgb'} does",
-        f"{annotations}: episode #4 (id=4) field 'actions' has",
+        f"{annotations}: episode #4 (id=4) field 'actions': ",
         f"{missing.resolve()}/annotations.json: missing",
     ]
     assert len(problems) == len(expected), problems
     for problem, start in zip(problems, expected, strict=True):
-        assert problem.startswith(start), (problem, start)
+        assert str(problem).startswith(start), (problem, start)
     assert str(caught.value).startswith("6 data problem(s):")
 
 
@@ -150,7 +150,7 @@ def test_malformed_json_names_the_file(tmp_path):
     (source / "annotations.json").write_text('[{"id": 0, "video": ')
     with pytest.raises(DataValidationError, match="not valid JSON") as caught:
         load_episodes(str(source))
-    assert caught.value.problems[0].startswith(f"{source.resolve()}/annotations.json: not valid JSON")
+    assert str(caught.value.problems[0]).startswith(f"{source.resolve()}/annotations.json: not valid JSON")
 
     (source / "annotations.json").write_text('{"episodes": []}')
     with pytest.raises(DataValidationError, match="top level is dict; expected a JSON list"):

@@ -68,8 +68,8 @@ def test_second_run_is_cached_and_edited_annotations_reindex(inputs):
 
     from datasets import load_from_disk
 
-    index = load_from_disk(edited_plan["data"]["index_path"])
-    assert "Walk to the red door and stop." in set(index["instruction"])
+    episodes_table = load_from_disk(str(Path(edited_plan["data"]["index_path"]) / "navigation" / "episodes"))
+    assert "Walk to the red door and stop." in {i for row in episodes_table["instructions"] for i in row}
 
 
 def test_deleted_index_folder_is_rebuilt(inputs):
@@ -82,7 +82,7 @@ def test_deleted_index_folder_is_rebuilt(inputs):
     # The cached plan points at a missing folder, so the flow refreshes the data stage.
     assert states["data-module"] == ["Cached", "Completed"]
     assert json.loads(Path(second.plan_path).read_text())["data"]["index_path"] == str(index_path)
-    assert index_path.is_dir() and (index_path / "summary.json").is_file()
+    assert index_path.is_dir() and (index_path / "manifest.json").is_file()
 
 
 def test_plan_json_carries_the_run_as_data(inputs):

@@ -117,6 +117,8 @@ class _SourceReader:
             names = storage.list_names(location)
         except (FileNotFoundError, NotADirectoryError):
             return f"frame folder {location} does not exist. Fix: frames go in <source>/<video>/rgb/"
+        except storage.StorageError as err:
+            return str(err)
         frames, reason = order_frames(names)
         if reason:
             return f"{location}: {reason}"
@@ -178,7 +180,7 @@ class _SourceReader:
 
     def read(self) -> None:
         try:
-            content = storage.read_bytes(self.file)
+            content = storage.read_current(self.file)
         except FileNotFoundError:
             self.scan.problems.append(
                 Problem(
@@ -188,6 +190,9 @@ class _SourceReader:
                     "folders (published StreamVLN trajectory layout)",
                 )
             )
+            return
+        except storage.StorageError as err:  # bucket missing, access denied, endpoint unreachable
+            self.scan.problems.append(Problem(self.file, "", str(err)))
             return
         self.scan.annotation_files.append((self.root_index, self.file, content))
         try:

@@ -83,9 +83,11 @@ def scan_cotraining(
     """Every YAML entry scanned; problems that concern a whole file or setting come back apart."""
     problems: list[Problem] = []
     try:
-        text = storage.read_text(settings.data_path)
+        text = storage.read_current(settings.data_path).decode("utf-8")
     except FileNotFoundError:
         return [], [Problem(settings.data_path, "", "missing. Fix: --data_path names the co-training YAML")]
+    except storage.StorageError as err:
+        return [], [Problem(settings.data_path, "", str(err))]
     entries, yaml_problems = mixture.read_mixture(text, settings.data_path)
     problems += yaml_problems
     slots = {root.slot: i for i, root in enumerate(roots)}
@@ -101,9 +103,12 @@ def scan_cotraining(
             )
             continue
         try:
-            content = storage.read_bytes(entry.json_path)
+            content = storage.read_current(entry.json_path)
         except FileNotFoundError:
             problems.append(Problem(settings.data_path, where, f"{entry.json_path} does not exist"))
+            continue
+        except storage.StorageError as err:
+            problems.append(Problem(settings.data_path, where, str(err)))
             continue
         items, read_problems = _read_entries(entry.task, entry.json_path, content)
         problems += read_problems

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-from .catalog import DataSettings
-from .combined import CombinedDataset
-from .cotraining import FORMATS
+from .combined import CombinedDataset, CoTrainingDataset, CoTrainingSettings
+from .mmc4 import MMC4Dataset
+from .records import MMC4, QA, SCANQA
+from .scanqa import ScanQADataset
 from .store import TrainingIndex
+from .video_qa import VideoQADataset
 from .vln_dataset import VLNActionDataset
+
+DATASETS: dict[int, type[CoTrainingDataset]] = {QA: VideoQADataset, SCANQA: ScanQADataset, MMC4: MMC4Dataset}
 
 
 def training_dataset(
@@ -28,10 +32,10 @@ def training_dataset(
     )
     if not index.cotraining:
         return navigation
-    settings = FORMATS_SETTINGS(data_args)
+    settings = CoTrainingSettings.from_arguments(data_args)
     parts: list[Dataset] = [navigation]
     for task, table in sorted(index.cotraining.items()):
         parts.append(
-            FORMATS[task].DATASET(table, index.roots, tokenizer, token_spec, image_processor, settings, seed)
+            DATASETS[task](table, index.roots, tokenizer, token_spec, image_processor, settings, seed)
         )
     return CombinedDataset(parts)
