@@ -40,6 +40,22 @@ class TrainRequest(BaseModel):
     num_history: int | None = flag("num_history")
     num_frames: int | None = flag("num_frames")
     num_future_steps: int | None = flag("num_future_steps")
+    data_augmentation: bool | None = flag(
+        "data_augmentation", "Colour jitter, posterize, sharpness, autocontrast"
+    )
+    remove_init_turns: bool | None = flag("remove_init_turns")
+    multi_task_training: bool | None = flag("multi_task_training", "Co-train on the data_path mixture")
+    data_path: str | None = flag("data_path", "Co-training YAML (QA, ScanQA, MMC4 groups)")
+    qa_video_folder: str | None = flag("qa_video_folder", "Root of the video QA videos")
+    scanqa_video_folder: str | None = flag("scanqa_video_folder", "Root of the ScanNet posed images")
+    mmc4_video_folder: str | None = flag("mmc4_video_folder", "Root of the MMC4 images")
+    group_by_task: bool | None = flag("group_by_task", "Batches never mix tasks")
+    frames_upbound: int | None = flag("frames_upbound", "Most frames per co-training video")
+    force_sample: bool | None = flag("force_sample", "Always sample frames_upbound frames uniformly")
+    add_time_instruction: bool | None = flag(
+        "add_time_instruction", "Say the video's duration and frame times"
+    )
+    max_invalid_fraction: float | None = flag("max_invalid_fraction")
     # training
     output_dir: str = Field(description="Where checkpoints and the final model are written")
     learning_rate: float | None = flag("learning_rate", "Learning rate of the language model")
