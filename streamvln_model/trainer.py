@@ -13,10 +13,12 @@ from pathlib import Path
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
 
+from .data.combined import CombinedDataset, GroupByTaskSampler, megabatch_size
 from .loading import NON_LORA_WEIGHTS, load_named
 from .lora import is_peft_model, non_lora_trainables
 
 PROGRESS_PREFIX = "streamvln-progress "
+logger = logging.getLogger("streamvln.trainer")
 
 
 class StreamVLNTrainer(Trainer):
@@ -58,6 +60,27 @@ class StreamVLNTrainer(Trainer):
         saved = Path(resume_from_checkpoint) / NON_LORA_WEIGHTS
         if is_peft_model(self.model) and saved.is_file():
             load_named(self.model, saved)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`--group_by_task`: per-task megabatches, so no optimizer step mixes tasks (published).
+
+        A megabatch is per-device batch x world size x accumulation steps: accelerate hands each
+        rank consecutive batches of the sampler's stream, so one megabatch feeds exactly one
+        optimizer step on every rank.
+        """
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not (self.args.group_by_task and isinstance(dataset, CombinedDataset)):
+            return super()._get_train_sampler(train_dataset)
+        args = self.args
+        size = megabatch_size(
+            args.per_device_train_batch_size, args.world_size, args.gradient_accumulation_steps
+        )
+        sampler = GroupByTaskSampler(dataset.tasks, size, seed=args.seed)
+        if any(sampler.dropped.values()):
+            logger.warning(
+                "group_by_task: megabatches of %d drop %s samples per epoch", size, sampler.dropped
+            )
+        return sampler
 
     def create_optimizer(self, model=None):
         """Published groups: weight decay except on biases and norms (transformers' rule: bias,
