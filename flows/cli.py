@@ -28,6 +28,104 @@ def _synth_trajectories(args) -> None:
     print(f"wrote {summary.episodes} episodes, {summary.frames} frames to {summary.out}")
 
 
+def _synth_qa(args) -> None:
+    from streamvln_model.synthetic import write_video_qa
+
+    s = write_video_qa(
+        Path(args.out), videos=args.videos, seed=args.seed, frames=args.frames, size=tuple(args.size),
+        fps=args.fps, frame_folders=args.frame_folders, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(
+        f"wrote {s.videos} videos ({s.mp4_files} mp4 [{s.codec}], {s.frame_folders} frame folders) "
+        f"of {s.frames_per_video} frames, {s.turns} QA turns to {s.json_path}"
+    )
+
+
+def _synth_scanqa(args) -> None:
+    from streamvln_model.synthetic import write_scanqa
+
+    s = write_scanqa(
+        Path(args.out), scenes=args.scenes, frames_per_scene=args.frames_per_scene, seed=args.seed,
+        size=tuple(args.size), questions_per_scene=args.questions_per_scene,
+        frame_stride=args.frame_stride, name_width=args.name_width, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(
+        f"wrote {s.scenes} scenes of {s.frames_per_scene} posed frames, {s.scanqa_questions} ScanQA "
+        f"and {s.sqa3d_questions} SQA3D questions to {s.out}"
+    )
+
+
+def _synth_mmc4(args) -> None:
+    from streamvln_model.synthetic import write_mmc4
+
+    s = write_mmc4(
+        Path(args.out), documents=args.documents, shards=args.shards, seed=args.seed, size=tuple(args.size),
+        max_images=args.max_images, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(f"wrote {s.documents} documents, {s.images} images in {len(s.shard_names)} shards to {s.out}")
+
+
+def _synth_mixture(args) -> None:
+    from streamvln_model.synthetic import write_mixture
+
+    s = write_mixture(
+        Path(args.out), seed=args.seed, episodes=args.episodes, dagger_episodes=args.dagger_episodes,
+        videos=args.videos, scenes=args.scenes, documents=args.documents, shards=args.shards,
+        image_size=tuple(args.image_size), relative_to=args.relative_to, url_prefix=args.url_prefix,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    print(
+        f"wrote stage-two data to {s.out}: {s.navigation.episodes}+{s.dagger.episodes} episodes, "
+        f"{s.qa.videos} QA videos, {s.scanqa.scenes} scenes, {s.mmc4.documents} MMC4 documents; {s.yaml_path}"
+    )
+    print(f"train with: {s.command_line()}")
+
+
+def _add_cotraining_synth(synth) -> None:
+    """`synth qa|scanqa|mmc4|mixture`: the stage-two co-training formats (docs/SYNTHETIC_DATA.md)."""
+    size = {"type": int, "nargs": 2, "default": (64, 48), "metavar": ("W", "H")}
+    qa = synth.add_parser("qa", help="LLaVA-Video-178K-style QA: mp4s, frame folders and their JSON")
+    qa.add_argument("out")
+    qa.add_argument("--videos", type=int, default=6)
+    qa.add_argument("--frames", type=int, default=16)
+    qa.add_argument("--fps", type=int, default=4)
+    qa.add_argument("--frame-folders", type=int, default=2, help="how many videos to write as jpg folders")
+    qa.add_argument("--size", **size)
+    qa.set_defaults(run=_synth_qa)
+    scanqa = synth.add_parser("scanqa", help="ScanNet posed_images scenes with ScanQA and SQA3D JSONs")
+    scanqa.add_argument("out")
+    scanqa.add_argument("--scenes", type=int, default=3)
+    scanqa.add_argument("--frames-per-scene", type=int, default=40)
+    scanqa.add_argument("--questions-per-scene", type=int, default=3)
+    scanqa.add_argument("--frame-stride", type=int, default=1, help="frame index step between files")
+    scanqa.add_argument("--name-width", type=int, default=0, help="0: 7.jpg (ScanNet); 5: 00007.jpg")
+    scanqa.add_argument("--size", **size)
+    scanqa.set_defaults(run=_synth_scanqa)
+    mmc4 = synth.add_parser("mmc4", help="MMC4 jsonl shards and their images")
+    mmc4.add_argument("out")
+    mmc4.add_argument("--documents", type=int, default=8)
+    mmc4.add_argument("--shards", type=int, default=2)
+    mmc4.add_argument("--max-images", type=int, default=8)
+    mmc4.add_argument("--size", **size)
+    mmc4.set_defaults(run=_synth_mmc4)
+    mixture = synth.add_parser("mixture", help="a full stage-two tree and its co-training YAML")
+    mixture.add_argument("out")
+    mixture.add_argument("--episodes", type=int, default=8)
+    mixture.add_argument("--dagger-episodes", type=int, default=4)
+    mixture.add_argument("--videos", type=int, default=6)
+    mixture.add_argument("--scenes", type=int, default=3)
+    mixture.add_argument("--documents", type=int, default=8)
+    mixture.add_argument("--shards", type=int, default=2)
+    mixture.add_argument("--image-size", **size)
+    where = mixture.add_mutually_exclusive_group()
+    where.add_argument("--relative-to", help="write paths relative to this folder (where training runs)")
+    where.add_argument("--url-prefix", help="write paths under this URL (e.g. s3://bucket/prefix)")
+    mixture.set_defaults(run=_synth_mixture)
+    for parser in (qa, scanqa, mmc4, mixture):
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--overwrite", action="store_true", help="replace OUT as a whole")
+
+
 def _synth_checkpoint(args) -> None:
     from streamvln_model.synthetic.checkpoint import write_checkpoint
 
@@ -48,10 +146,41 @@ def _data_preview(args) -> None:
         )
 
 
+def _data_check(args) -> None:
+    from streamvln_model.arguments import resolve_argv
+    from streamvln_model.data.catalog import DataSettings, check_data
+    from streamvln_model.data.errors import DataValidationError
+    from streamvln_model.data.report import ValidationReport
+    from streamvln_model.tokenizer import cache_root
+
+    arguments = resolve_argv(args.flags)
+    settings = DataSettings.of(vars(arguments.data), vars(arguments.training), _frame_tokens(arguments))
+    try:
+        check = check_data(
+            settings, check_cache=cache_root() / "data" / "media-checks.sqlite", workers=args.workers
+        )
+    except DataValidationError as err:
+        if err.report:
+            print(json.dumps(err.report) if args.json else ValidationReport(**err.report).markdown())
+        raise
+    print(json.dumps(check.report.to_dict()) if args.json else check.report.markdown())
+
+
+def _frame_tokens(arguments) -> int | None:
+    """Visual tokens per frame of the run's checkpoint (for the token estimate), when it is local."""
+    from streamvln_model.configuration import StreamVLNConfig
+    from streamvln_model.vision import frame_tokens
+
+    checkpoint = arguments.model.model_name_or_path
+    if not checkpoint or not (Path(checkpoint) / "config.json").is_file():
+        return None
+    return frame_tokens(StreamVLNConfig.from_pretrained(checkpoint))
+
+
 def _demo(args) -> None:
     from flows.demo import run_demo
 
-    result = run_demo(Path(args.workdir), episodes=args.episodes, nproc=args.nproc)
+    result = run_demo(Path(args.workdir), episodes=args.episodes, nproc=args.nproc, stage=args.stage)
     if not args.json:
         print(
             f"\nStreamVLN demo finished in {result['workdir']}\n"
@@ -116,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     traj.add_argument("--num-future-steps", type=int, default=4)
     traj.add_argument("--overwrite", action="store_true")
     traj.set_defaults(run=_synth_trajectories)
+    _add_cotraining_synth(synth)
     ckpt = synth.add_parser("checkpoint", help="random-init LLaVA-layout checkpoint with the Qwen2 tokenizer")
     ckpt.add_argument("out")
     ckpt.add_argument("--preset", default="tiny")
@@ -135,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--num_history", type=int, default=8)
     preview.add_argument("--num_future_steps", type=int, default=4)
     preview.set_defaults(run=_data_preview)
+    check = data.add_parser(
+        "check",
+        help="check every sample (annotations, text, paths, every image and video) and print the report",
+        description="Takes the training flags as the worker does (e.g. --video_folder, --data_path, "
+        "--multi_task_training True, --max_invalid_fraction, --model_name_or_path for token estimates). "
+        "Exit 2 when the data is refused.",
+    )
+    check.add_argument("--json", action="store_true", help="the report as one JSON object")
+    check.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
+    check.set_defaults(run=_data_check)
 
     run = commands.add_parser("train", help="run the streamvln-train flow from a YAML config (see configs/)")
     run.add_argument("config")
@@ -147,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
     demo.add_argument("--episodes", type=int, default=16)
     demo.add_argument("--nproc", type=int, default=2)
+    demo.add_argument(
+        "--stage", choices=("one", "two"), default="one", help="two: co-train on navigation, QA, ScanQA, MMC4"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -228,7 +371,11 @@ def _report(err: BaseException, args: argparse.Namespace) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if getattr(args, "run", None) is _data_check:  # the training flags it checks, in order
+        args.flags = rest
+    elif rest:
+        build_parser().parse_args(argv)  # argparse's own error for unknown arguments
     if getattr(args, "embedded", False):  # runs the flow: embedded-server settings, before Prefect loads
         from flows.demo import configure_embedded
 

@@ -71,32 +71,52 @@ def loss_history(run_id: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
 
 
-def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0) -> dict:
+# `--stage two` co-trains on all four data kinds with the tiny stage-two preset.
+STAGE_PRESETS = {"one": DEMO_PRESET, "two": DEMO_PRESET.with_name("tiny_stage_two.yaml")}
+
+
+def demo_data(workdir: Path, stage: str, episodes: int, seed: int) -> dict[str, str]:
+    """Synthetic data for the stage (written once per workdir) and the flags that point at it."""
+    from streamvln_model.synthetic import write_trajectories
+    from streamvln_model.synthetic.mixture import write_mixture
+
+    if stage == "one":
+        data = workdir / "data" / "synthetic_r2r"
+        if not (data / "annotations.json").exists():
+            write_trajectories(data, episodes=episodes, min_steps=20, max_steps=90, seed=seed)
+        return {"video_folder": str(data)}
+    data = workdir / "data" / "stage_two"
+    if (data / "mixture.yaml").exists():
+        from streamvln_model.synthetic.mixture import training_flags
+
+        return training_flags(lambda relative: str(data / relative))
+    return write_mixture(data, seed=seed, episodes=episodes).flags
+
+
+def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0, stage: str = "one") -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     configure_embedded(workdir)
     from flows.presets import preset_parameters
     from flows.train import streamvln_train
-    from streamvln_model.synthetic import write_trajectories
     from streamvln_model.synthetic.checkpoint import write_checkpoint
     from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
 
-    data, checkpoint = workdir / "data" / "synthetic_r2r", workdir / "checkpoints" / "tiny-init"
-    if not (data / "annotations.json").exists():
-        write_trajectories(data, episodes=episodes, min_steps=20, max_steps=90, seed=seed)
+    checkpoint = workdir / "checkpoints" / "tiny-init"
+    data_flags = demo_data(workdir, stage, episodes, seed)
     if not (checkpoint / "config.json").exists():
         write_checkpoint(checkpoint, preset="tiny", seed=seed)
     registry = RegistryConfig(
         experiment_name="streamvln-demo", model_name="streamvln-demo", alias="candidate"
     )
     ensure_experiment(registry.experiment_name, workdir / "mlartifacts")
-    preset = preset_parameters(DEMO_PRESET)
+    preset = preset_parameters(STAGE_PRESETS[stage])
     request = TrainRequest(
         **{
             **preset["request"],
+            **data_flags,
             "model_name_or_path": str(checkpoint),
-            "video_folder": str(data),
-            "output_dir": str(workdir / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")),
+            "output_dir": str(workdir / "runs" / time.strftime(f"demo-stage-{stage}-%Y%m%d-%H%M%S")),
         }
     )
     result = streamvln_train(
