@@ -171,10 +171,9 @@ def test_torchrun_failure_summary_names_the_failing_rank(tmp_path):
 def test_failed_training_exits_1_naming_the_rank_and_the_log(
     prefect_harness, tiny_checkpoint, synthetic_data, tmp_path
 ):
-    # Frames that are no images: planning lists frames but never decodes them, the worker does.
+    # Frames corrupted after the data stage checked them (same size and mtime, so the cached plan
+    # stands): the worker is the first to decode them again, and fails.
     data = copy_dataset(synthetic_data, tmp_path / "data")
-    for frame in data.rglob("*.jpg"):
-        frame.write_bytes(b"not a jpeg")
     preset = yaml.safe_load(TINY_PRESET.read_text())
     output_dir = tmp_path / "out"
     preset["request"] |= {
@@ -188,17 +187,20 @@ def test_failed_training_exits_1_naming_the_rank_and_the_log(
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(preset))
 
-    done = streamvln(
-        "train",
-        config,
-        timeout=600,
-        env={
-            "PREFECT_API_URL": prefect_harness.api_url,
-            "PREFECT_HOME": str(prefect_harness.home),
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_harness.results_path),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        },
-    )
+    env = {
+        "PREFECT_API_URL": prefect_harness.api_url,
+        "PREFECT_HOME": str(prefect_harness.home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_harness.results_path),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    planned = streamvln("train", config, "--plan-only", timeout=600, env=env)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    for frame in data.rglob("*.jpg"):
+        stat = frame.stat()
+        frame.write_bytes(b"not a jpeg".ljust(stat.st_size, b"\0"))
+        os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    done = streamvln("train", config, timeout=600, env=env)
     assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
     report = done.stderr[done.stderr.rindex("streamvln train: ") :]
     assert report.startswith("streamvln train: training failed on rank 0 (exit code 1); last lines:\n")
