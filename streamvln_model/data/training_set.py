@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from .combined import CombinedDataset, CoTrainingDataset, CoTrainingSettings
+from .index import NavigationIndex
 from .mmc4 import MMC4Dataset
 from .records import MMC4, QA, SCANQA
 from .scanqa import ScanQADataset
@@ -16,9 +17,11 @@ DATASETS: dict[int, type[CoTrainingDataset]] = {QA: VideoQADataset, SCANQA: Scan
 
 
 def training_dataset(
-    index: TrainingIndex, tokenizer, token_spec, image_processor, data_args, seed: int
+    index: TrainingIndex | NavigationIndex, tokenizer, token_spec, image_processor, data_args, seed: int
 ) -> Dataset:
     """Navigation alone, or every task concatenated with each sample's task id kept."""
+    if isinstance(index, NavigationIndex):  # built in memory (tests, benchmarks): navigation only
+        index = TrainingIndex(index, roots=index.roots)
     navigation = VLNActionDataset(
         index.navigation,
         tokenizer,
