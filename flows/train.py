@@ -16,7 +16,7 @@ from pydantic import BaseModel, SecretStr
 from streamvln_model.secrets import split_secrets
 from streamvln_model.tokenizer import cache_root
 from tasks.arguments import resolve_arguments
-from tasks.data import build_data_module
+from tasks.data import build_data_module, data_settings
 from tasks.environment import setup_environment
 from tasks.gradients import plan_gradients
 from tasks.memory import plan_run_memory, show_memory_plan
@@ -80,9 +80,10 @@ def streamvln_train(
     gradients = plan_gradients(arguments, model)
     memory = plan_run_memory(arguments, environment, model)  # --gpu_memory_gb: fits, or the cheapest fix
     show_memory_plan(memory)
-    data = build_data_module(arguments, plan_root, vision)  # every sample checked before any GPU
+    settings = data_settings(arguments, vision)
+    data = build_data_module(settings, plan_root)  # every sample checked before any GPU starts
     if not Path(data.index_path).is_dir():  # a cached plan whose index folder was deleted since
-        data = build_data_module.with_options(refresh_cache=True)(arguments, plan_root, vision)
+        data = build_data_module.with_options(refresh_cache=True)(settings, plan_root)
     trainer_plan = init_trainer(
         arguments, environment, model, tokenizer, vision, gradients, data, launch, memory=memory
     )

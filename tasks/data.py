@@ -10,15 +10,16 @@ folder that was deleted since, the flow re-runs this task with `refresh_cache=Tr
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from streamvln_model.data.mixture import read_mixture
 
 from streamvln_model.data import storage
 from streamvln_model.data.catalog import DataSettings, check_data
 from streamvln_model.data.errors import DataValidationError
+from streamvln_model.data.mixture import read_mixture
 from streamvln_model.data.report import ValidationReport
 from streamvln_model.data.store import index_folder, read_manifest, write_index
 from tasks.caching import planning_task
@@ -27,19 +28,22 @@ from tasks.types import DataPlan, ResolvedArguments, VisionPlan
 REPORT_KEY = "data-validation"
 
 
-def data_settings(arguments: ResolvedArguments, vision: VisionPlan | None = None) -> DataSettings:
-    return DataSettings.of(arguments.data, arguments.training, vision.tokens_per_frame if vision else None)
+def data_settings(arguments: ResolvedArguments, vision: VisionPlan | None = None) -> dict:
+    """The data flags the stage reads (`DataSettings` as a dict): its only argument-derived input,
+    so a new output_dir or learning rate does not re-check the data."""
+    tokens = vision.tokens_per_frame if vision else None
+    return asdict(DataSettings.of(arguments.data, arguments.training, tokens))
 
 
 def _data_paths(inputs: dict) -> list[str]:
     """What the stage reads, for its cache key: every root, the mixture YAML and its json files."""
-    settings = data_settings(inputs["arguments"])
+    settings = DataSettings(**inputs["settings"])
     paths = [root.location for root in settings.roots()]
     if settings.cotraining:
         paths.append(settings.data_path)
         try:
-            entries, _ = read_mixture(storage.read_text(settings.data_path), settings.data_path)
-            paths += [entry.json_path for entry in entries]
+            text = storage.read_current(settings.data_path).decode("utf-8")
+            paths += [entry.json_path for entry in read_mixture(text, settings.data_path)[0]]
         except (FileNotFoundError, ValueError):
             pass  # the stage itself reports it
     return paths
@@ -54,11 +58,10 @@ def publish_report(report: dict) -> None:
 
 
 @planning_task("data-module", reads=_data_paths)
-def build_data_module(
-    arguments: ResolvedArguments, plan_root: str, vision: VisionPlan | None = None
-) -> DataPlan:
+def build_data_module(settings: dict, plan_root: str) -> DataPlan:
+    """Check and index the data `settings` (see `data_settings`) names; the report as artifacts."""
     logger = get_run_logger()
-    settings = data_settings(arguments, vision)
+    settings = DataSettings(**settings)
     try:
         check = check_data(settings, check_cache=Path(plan_root) / "media-checks.sqlite")
     except DataValidationError as err:

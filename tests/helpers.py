@@ -92,3 +92,33 @@ def run_plan_only(request, plan_root: Path):
     assert state.is_completed(), state
     states = task_states(state.state_details.flow_run_id, expect=(*PLANNING_STAGES, "trainer-initialization"))
     return state.result(), states
+
+
+def run_failing_flow(request, plan_root: Path, failing_stage: str = "data-module"):
+    """Run the full flow (it would train if planning passed); it must fail in `failing_stage`.
+
+    Checks what every bad-input case must hold: the failure is a DataValidationError, nothing
+    was written to output_dir (train.log and plan.json appear once torchrun would start), the
+    failing stage is the last task that ran. Returns (error, task name -> state names).
+    """
+    from flows.train import streamvln_train
+    from streamvln_model.data.errors import DataValidationError
+    from tasks.parameters import LaunchConfig
+
+    state = streamvln_train(
+        request=request,
+        launch=LaunchConfig(device="cpu"),
+        plan_root=str(plan_root),
+        plan_only=False,
+        return_state=True,
+    )
+    assert state.is_failed(), state
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, DataValidationError), repr(error)
+    output_dir = Path(request.output_dir)
+    assert not output_dir.exists() or not any(output_dir.iterdir()), sorted(output_dir.iterdir())
+    states = task_states(state.state_details.flow_run_id, expect=(failing_stage,))
+    allowed = PLANNING_STAGES[: PLANNING_STAGES.index(failing_stage) + 1]
+    assert set(states) <= set(allowed), states  # no task after the failing one
+    assert states[failing_stage][-1] == "Failed", states
+    return error, states

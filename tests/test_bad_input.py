@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import streamvln_train
 from streamvln_model.data.annotations import load_episodes
 from streamvln_model.data.errors import DataValidationError
 from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import write_checkpoint
-from tasks.parameters import LaunchConfig
-from tests.helpers import copy_dataset, read_annotations, task_states, tiny_request, write_annotations
+from tests.helpers import copy_dataset, read_annotations, run_failing_flow, tiny_request, write_annotations
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -35,28 +33,14 @@ def _run_failing(
     tmp_path: Path, checkpoint: Path, video_folder: Path, failing_stage: str = "data-module", **settings
 ):
     """Run the full flow; it must fail in planning. Returns (error message, task states)."""
-    output_dir = tmp_path / "out"
     request = tiny_request(
         model_name_or_path=str(checkpoint),
         video_folder=str(video_folder),
-        output_dir=str(output_dir),
+        output_dir=str(tmp_path / "out"),
         max_steps=1,  # should planning ever pass by mistake, keep the accidental training short
         **settings,
     )
-    state = streamvln_train(
-        request=request,
-        launch=LaunchConfig(device="cpu"),
-        plan_root=str(tmp_path / "plans"),
-        plan_only=False,
-        return_state=True,
-    )
-    assert state.is_failed(), state
-    error = state.result(raise_on_failure=False)
-    assert isinstance(error, DataValidationError), repr(error)
-    assert not (output_dir / "train.log").exists()
-    assert not (output_dir / "plan.json").exists()
-    states = task_states(state.state_details.flow_run_id, expect=(failing_stage,))
-    assert "trainer-initialization" not in states and "training-loop" not in states, states
+    error, states = run_failing_flow(request, tmp_path / "plans", failing_stage)
     return str(error), states
 
 

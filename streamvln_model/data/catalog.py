@@ -28,9 +28,10 @@ from .annotations import NavigationScan, navigation_roots, scan_navigation
 from .cotraining import CoTrainingSource, cotraining_roots, scan_cotraining
 from .errors import DataValidationError
 from .media_checks import MediaResult, check_media
-from .records import Problem, Root
+from .records import MMC4, QA, SCANQA, Problem, Root
 from .report import ValidationReport, token_histogram
 from .sampling import validate_sampling
+from .scan import entry_label
 from .text import estimate_text_tokens
 
 # Bump when the index layout or what a row means changes: old indexes then miss the key.
@@ -156,10 +157,21 @@ def _media_problems(items, results, nav: NavigationScan, sources: list[CoTrainin
         for row, relative, _ in source.scan.media:
             result = bad.get((source.root_index, relative))
             if result is not None:
-                problems.append(
-                    Problem(result.location, "media", result.problem, source.scan.rows[row]["sample_id"])
-                )
+                problems.append(_entry_media_problem(source, source.scan.rows[row], result))
     return problems
+
+
+# The annotation field that names a co-training sample's media, per task.
+MEDIA_FIELDS = {QA: "video", SCANQA: "video", MMC4: "image_info"}
+
+
+def _entry_media_problem(source: CoTrainingSource, row: dict, result: MediaResult) -> Problem:
+    """A media problem as the user fixes it: in the annotation file, at the entry that names it."""
+    sample = row["sample_id"]
+    number = int(sample.rsplit("#" if source.task != MMC4 else ":", 1)[1])
+    label = f"line {number}" if source.task == MMC4 else entry_label(number, {"id": row.get("id")})
+    field_name = f"{label} field {MEDIA_FIELDS[source.task]!r}"
+    return Problem(source.json_file, field_name, f"{result.location}: {result.problem}", sample)
 
 
 def _navigation_tokens(nav: NavigationScan, settings: DataSettings) -> list[tuple[str, str, int]]:
@@ -218,8 +230,9 @@ def _content_key(check: DataCheck, items, results) -> str:
         add("annotations", roots[root_index].slot, hashlib.sha256(content).hexdigest())
     for source in check.cotraining:
         add("mixture", source.identity(), roots[source.root_index].slot)
+    # One line per media file, straight into the hash (millions of frames at ScaleVLN size).
     for (root, rel, kind), result in sorted(zip(items, results, strict=True), key=lambda p: p[0][:2]):
-        add("media", roots[root].slot, rel, kind, result.digest)
+        digest.update(f"M\0{roots[root].slot}\0{rel}\0{kind}\0{result.digest}\n".encode())
     add("quarantined", sorted(check.quarantined))
     return digest.hexdigest()
 

@@ -107,21 +107,23 @@ class NavigationIndex:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _cell(self, table: str, column: str, i: int):
+        """One value straight from the memory-mapped Arrow table (no per-row dict formatting)."""
+        return getattr(self, table).data.table.column(column)[i].as_py()
+
     def row(self, i: int) -> dict:
         """Sample `i` joined with its episode and folder (actions and frames after any trim)."""
-        sample = self.samples[i]
-        episode = self.episodes[sample["episode"]]
-        folder = self.folders[episode["folder"]]
-        offset = sample["offset"]
+        episode, k, start, offset = (self._cell("samples", c, i) for c in SAMPLE_FEATURES)
+        folder = self._cell("episodes", "folder", episode)
         return {
-            "root": folder["root"],
-            "video": folder["video"],
-            "episode_id": episode["episode_id"],
-            "instruction_index": sample["instruction_index"],
-            "instruction": episode["instructions"][sample["instruction_index"]],
-            "actions": trimmed(list(episode["actions"]), offset),
-            "frames": folder["frames"][offset:],
-            "start": sample["start"],
+            "root": self._cell("folders", "root", folder),
+            "video": self._cell("folders", "video", folder),
+            "episode_id": self._cell("episodes", "episode_id", episode),
+            "instruction_index": k,
+            "instruction": self._cell("episodes", "instructions", episode)[k],
+            "actions": trimmed(self._cell("episodes", "actions", episode), offset),
+            "frames": self._cell("folders", "frames", folder)[offset:],
+            "start": start,
             "offset": offset,
         }
 

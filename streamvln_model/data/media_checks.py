@@ -261,14 +261,44 @@ def _version(location: str, kind: str) -> tuple[_Version | None, bool, OSError |
         return None, False, error
 
 
+def _folder_versions(
+    folder: str, names: list[str]
+) -> dict[str, tuple[_Version | None, bool, OSError | None]]:
+    """Versions of remote images in one folder from ONE listing (not one request per frame)."""
+    try:
+        listed = {name: (size, tag) for name, size, tag in storage.list_files(folder, recursive=False)}
+    except FileNotFoundError:
+        listed = {}
+    found = {}
+    for name in names:
+        location = storage.join(folder, name)
+        if name in listed:
+            found[location] = (_Version(*listed[name]), False, None)
+        else:
+            found[location] = (None, False, FileNotFoundError(location))
+    return found
+
+
 def _versions(kinds: dict[str, str]) -> dict[str, tuple[_Version | None, bool, OSError | None]]:
-    """Versions of all locations; object-store lookups are network round trips, so they overlap."""
+    """Versions of all locations; object-store lookups are network round trips, so they overlap,
+    and remote images are looked up one listing per folder (a frame folder holds hundreds)."""
     locations = list(kinds)
     if not any(storage.is_remote(location) for location in locations):
         return {location: _version(location, kinds[location]) for location in locations}
+    folders: dict[str, list[str]] = {}
+    single = []
+    for location in locations:
+        if storage.is_remote(location) and kinds[location] == IMAGE:
+            folder, name = location.rsplit("/", 1)
+            folders.setdefault(folder, []).append(name)
+        else:
+            single.append(location)
+    found: dict[str, tuple[_Version | None, bool, OSError | None]] = {}
     with ThreadPoolExecutor(max_workers=32) as pool:
-        found = pool.map(_version, locations, [kinds[location] for location in locations])
-        return dict(zip(locations, found, strict=True))
+        for part in pool.map(_folder_versions, list(folders), list(folders.values())):
+            found.update(part)
+        found.update(zip(single, pool.map(_version, single, [kinds[loc] for loc in single]), strict=True))
+    return {location: found[location] for location in locations}
 
 
 # --- the cache ---------------------------------------------------------------------------------

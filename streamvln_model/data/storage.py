@@ -67,7 +67,7 @@ def join(location: str | Path, relative: str) -> str:
     """`relative` under `location`, with `/` separators for URLs."""
     if is_remote(location):
         return str(location).rstrip("/") + "/" + relative.lstrip("/")
-    return str(Path(location) / relative)
+    return os.path.join(str(location), relative)  # called per frame: no Path objects
 
 
 def absolute(location: str | Path) -> str:
@@ -291,35 +291,54 @@ def cache_dir() -> Path:
     return cache_root() / "remote"
 
 
-def cache_entry(url: str, version: str | None = None) -> Path:
-    """Where `url` lives in the cache: keyed by endpoint, URL and (optional) version tag.
+def cache_entry(url: str) -> Path:
+    """Where `url` lives in the cache: one entry per endpoint and URL.
 
     The endpoint is part of the key because the same bucket name at two endpoints (a test
     server, another cloud) holds different objects. The object's name stays at the end of the
-    file name so decoders that look at the suffix (video, image) still work.
+    file name so decoders that look at the suffix (video, image) still work. Beside the entry,
+    `<entry>.version` records the version tag (ETag) of the bytes it holds, when known.
     """
-    digest = hashlib.sha256(f"{endpoint()}\0{url}\0{version or ''}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{endpoint()}\0{url}".encode()).hexdigest()
     name = posixpath.basename(_split(url)[1]) or "object"
     return cache_dir() / digest[:2] / f"{digest[2:]}-{name[-_NAME_LIMIT:]}"
+
+
+def _version_file(target: Path) -> Path:
+    return target.with_name(target.name + ".version")
+
+
+def _holds(target: Path, version: str | None) -> bool:
+    """The entry exists and, when a version is asked for, holds that version."""
+    if not target.is_file():
+        return False
+    if version is None:
+        return True
+    try:
+        return _version_file(target).read_text() == version
+    except FileNotFoundError:
+        return False
 
 
 def local_path(location: str | Path, *, version: str | None = None) -> Path:
     """A local file with the content of `location`.
 
     Local paths are returned as they are. A URL is fetched once into the cache and afterwards
-    served from it with no request at all. `version` (a tag from `list_files`) makes a changed
-    object a new cache entry.
+    served from it with no request at all. With `version` (a tag from `list_files`), an entry
+    holding another version is fetched again and replaced: the data stage reads every file at
+    its current version, so the entry a training worker on the same machine opens later
+    (without a version) holds exactly the bytes that were checked and indexed.
     """
     if not is_remote(location):
         return Path(location)
     url = str(location)
-    target = cache_entry(url, version)
-    if target.is_file():
+    target = cache_entry(url)
+    if _holds(target, version):
         return target
-    return _fetch(url, target)
+    return _fetch(url, target, version)
 
 
-def _fetch(url: str, target: Path) -> Path:
+def _fetch(url: str, target: Path, version: str | None) -> Path:
     """Download `url` to `target` once: other processes wait on a lock, then see the whole file.
 
     The download goes to a temporary file in the same folder and is renamed into place, so a
@@ -330,14 +349,25 @@ def _fetch(url: str, target: Path) -> Path:
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if not target.is_file():  # else another process fetched it while we waited
+            if not _holds(target, version):  # else another process fetched it while we waited
                 _download(url, target)
+                if version is not None:
+                    _write_atomically(_version_file(target), version)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        _version_file(target).unlink()
         finally:
             # A process still waiting on this (now unlinked) lock re-checks `target` first; at
             # worst two processes download the same object, each renaming a whole file.
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()
     return target
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _download(url: str, target: Path) -> None:
