@@ -208,10 +208,11 @@ def test_second_run_fetches_no_object(runs) -> None:
     assert second.result.steps == STEPS and second.result.world_size == NPROC
     assert second.result.output_dir != first.result.output_dir
     assert second.requests["GET object"] == 0, second.requests
-    # The stage itself runs again (output_dir is one of its inputs) and must land on the same
-    # content-keyed index, from the media-check cache and the listing alone.
+    # The data stage is keyed on the data settings and the listing, not the output folder: the
+    # second run finds it Cached and trains on the same content-keyed index.
     index = second.plan()["worker_flags"]["data_index"]
     assert index == first.plan()["worker_flags"]["data_index"], second.data_states()
+    assert second.data_states() == ["Cached"], second.data_states()
 
 
 def test_each_object_is_fetched_once_per_machine(runs, s3_data) -> None:
