@@ -7,12 +7,12 @@ Planning stages (arguments .. data) are cheap, cached and keyed on content; the 
 runs in torchrun workers that read the plan; the saving stage registers the model in MLflow.
 """
 
-from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, SecretStr
 
+from streamvln_model.data.store import index_exists
 from streamvln_model.secrets import split_secrets
 from streamvln_model.tokenizer import cache_root
 from tasks.arguments import resolve_arguments
@@ -61,12 +61,14 @@ def streamvln_train(
     plan_root: str | None = None,
     plan_only: bool = False,
     train_retries: int = 0,
+    index_root: str | None = None,
 ) -> TrainFlowResult:
     """Train StreamVLN: plan (cached), launch torchrun, register the model in MLflow.
 
     `plan_only` stops after Trainer Initialization: arguments, checkpoint and data are validated
     and indexed, nothing is trained. `train_retries` relaunches a failed training, which resumes
-    from the newest checkpoint in output_dir.
+    from the newest checkpoint in output_dir. `index_root` (e.g. `s3://bucket/indexes`) is where
+    data indexes go instead of `<plan_root>/data-index`, shared by nodes that mount data elsewhere.
     """
     launch = launch or LaunchConfig()
     registry = registry or RegistryConfig()
@@ -81,9 +83,9 @@ def streamvln_train(
     memory = plan_run_memory(arguments, environment, model)  # --gpu_memory_gb: fits, or the cheapest fix
     show_memory_plan(memory)
     settings = data_settings(arguments, vision)
-    data = build_data_module(settings, plan_root)  # every sample checked before any GPU starts
-    if not Path(data.index_path).is_dir():  # a cached plan whose index folder was deleted since
-        data = build_data_module.with_options(refresh_cache=True)(settings, plan_root)
+    data = build_data_module(settings, plan_root, index_root)  # every sample checked before any GPU
+    if not index_exists(data.index_path):  # a cached plan whose index was deleted since
+        data = build_data_module.with_options(refresh_cache=True)(settings, plan_root, index_root)
     trainer_plan = init_trainer(
         arguments, environment, model, tokenizer, vision, gradients, data, launch, memory=memory
     )

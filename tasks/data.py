@@ -58,17 +58,22 @@ def publish_report(report: dict) -> None:
 
 
 @planning_task("data-module", reads=_data_paths)
-def build_data_module(settings: dict, plan_root: str) -> DataPlan:
-    """Check and index the data `settings` (see `data_settings`) names; the report as artifacts."""
+def build_data_module(settings: dict, plan_root: str, index_root: str | None = None) -> DataPlan:
+    """Check and index the data `settings` (see `data_settings`) names; the report as artifacts.
+
+    The index goes under `index_root` when given (an s3:// prefix shares it between nodes that
+    mount the data elsewhere), else under the plan root.
+    """
     logger = get_run_logger()
     settings = DataSettings(**settings)
+    parent = index_root or str(Path(plan_root) / "data-index")
     try:
         check = check_data(settings, check_cache=Path(plan_root) / "media-checks.sqlite")
     except DataValidationError as err:
         if err.report:
             publish_report(err.report)
         raise
-    target, built = write_index(check, index_folder(Path(plan_root) / "data-index", check.key))
+    target, built = write_index(check, index_folder(parent, check.key))
     manifest = read_manifest(target)
     logger.info(
         "%s index %s: %s",

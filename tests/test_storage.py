@@ -228,3 +228,28 @@ def test_fingerprint_of_a_prefix_follows_its_objects_without_downloading(trees, 
     missing = storage.join(url, "nothing-here")
     assert fingerprint([missing]) == fingerprint([missing]) != fingerprint([url])
     assert fingerprint([local]) == fingerprint([str(local)]), "local paths keep their key"
+
+
+def test_data_index_on_s3_is_shared_and_mirrored_once(synthetic_data, moto_s3, s3_env, tmp_path) -> None:
+    """An index written to an s3:// prefix (the flow's `index_root`) is complete only once its
+    manifest lands, is reused by a second writer of the same key, and opens memory-mapped from
+    a per-machine mirror fetched once."""
+    from streamvln_model.data.catalog import DataSettings, check_data
+    from streamvln_model.data.store import index_folder, open_index, write_index
+
+    bucket = f"index-{uuid.uuid4().hex[:12]}"
+    moto_s3.fs().mkdir(bucket)
+    settings = DataSettings(str(synthetic_data), num_frames=32, num_history=8, num_future_steps=4)
+    check = check_data(settings, check_cache=tmp_path / "checks.sqlite", workers=1, progress=False)
+    location = index_folder(f"s3://{bucket}/indexes", check.key)
+    assert write_index(check, location) == (location, True)
+    assert write_index(check, location) == (location, False)
+
+    with count_requests(moto_s3.endpoint_url) as first:
+        index = open_index(location, settings)
+    assert first["GET object"] > 0
+    assert len(index.navigation) > 0 and index.roots == [str(synthetic_data)]
+    with count_requests(moto_s3.endpoint_url) as second:
+        again = open_index(location, settings)
+    assert second["GET object"] == 0, second
+    assert [again.navigation.row(i) for i in range(3)] == [index.navigation.row(i) for i in range(3)]

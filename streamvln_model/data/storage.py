@@ -403,3 +403,34 @@ def read_current(location: str | Path) -> bytes:
         return read_bytes(location)
     (entry,) = list_files(location, recursive=False)
     return read_bytes(location, version=entry[2])
+
+
+# --- whole folders (the data index) ------------------------------------------------------------
+def mirror(location: str | Path) -> Path:
+    """A local folder with the files under `location`: a remote prefix is copied once per machine
+    (each file through the read-through cache's lock and rename), a local folder returned as is.
+
+    For folders whose files must sit side by side, such as a data index that workers
+    memory-map. Files already mirrored at their listed version are not fetched again.
+    """
+    if not is_remote(location):
+        return Path(location)
+    url = str(location).rstrip("/")
+    folder = cache_dir() / "mirrors" / hashlib.sha256(f"{endpoint()}\0{url}".encode()).hexdigest()[:32]
+    for relative, _, tag in list_files(url):
+        target = folder / relative
+        if not _holds(target, tag):
+            _fetch(join(url, relative), target, tag)
+    return folder
+
+
+def upload_folder(local: Path, location: str, last: str | None = None) -> None:
+    """Copy every file under `local` to the `location` prefix; the file named `last` goes last,
+    so a reader that finds it finds everything else already in place."""
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == last)
+    protocol, root = _split(str(location).rstrip("/"))
+    fs = _filesystem(protocol)
+    with _remote(str(location)):
+        for path in files:
+            fs.put_file(str(path), f"{root}/{path.relative_to(local).as_posix()}")

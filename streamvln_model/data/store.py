@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
+from . import storage
 from .catalog import INDEX_FORMAT, DataCheck, DataSettings, check_data
 from .cotraining import FORMATS
 from .errors import DataValidationError
@@ -33,25 +35,37 @@ MANIFEST = "manifest.json"
 REPORT = "report.json"
 
 
-def index_folder(parent: Path, key: str) -> Path:
-    return Path(parent) / key[:32]
+def index_folder(parent: str | Path, key: str) -> str:
+    """The index of content `key` under `parent` (a local folder or an s3:// prefix)."""
+    return storage.join(str(parent), key[:32])
 
 
-def is_complete(directory: Path, key: str) -> bool:
-    manifest = Path(directory) / MANIFEST
-    if not manifest.is_file():
-        return False
+def is_complete(directory: str | Path, key: str) -> bool:
+    """The index at `directory` is whole (its manifest, written last, is there) and is `key`'s."""
     try:
-        return json.loads(manifest.read_text()).get("key") == key
-    except json.JSONDecodeError:
+        return json.loads(storage.read_current(storage.join(str(directory), MANIFEST))).get("key") == key
+    except (FileNotFoundError, json.JSONDecodeError):
         return False
 
 
-def write_index(check: DataCheck, directory: Path) -> tuple[Path, bool]:
-    """Write the checked data's index at `directory` unless it is there: (path, built)."""
-    directory = Path(directory)
+def write_index(check: DataCheck, directory: str | Path) -> tuple[str, bool]:
+    """Write the checked data's index at `directory` unless it is there: (location, built).
+
+    `directory` may be an s3:// prefix, so nodes that mount the data differently share one
+    index: it is built in a local temporary folder and uploaded, its manifest last.
+    """
+    directory = str(directory)
     if is_complete(directory, check.key):
         return directory, False
+    if storage.is_remote(directory):
+        with tempfile.TemporaryDirectory() as temporary:
+            local, _ = write_index(check, Path(temporary) / "index")
+            storage.upload_folder(Path(local), directory, last=MANIFEST)
+        return directory, True
+    return str(_write_local(check, Path(directory))), True
+
+
+def _write_local(check: DataCheck, directory: Path) -> Path:
     settings = check.settings
     partial = directory.with_name(f"{directory.name}.partial-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
@@ -90,16 +104,21 @@ def write_index(check: DataCheck, directory: Path) -> tuple[Path, bool]:
                 os.rename(partial, directory)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return directory, True
+    return directory
+
+
+def index_exists(directory: str | Path) -> bool:
+    """An index (any key) is at `directory`: its manifest, written last, is there."""
+    return storage.exists(storage.join(str(directory), MANIFEST))
 
 
 def read_manifest(directory: str | Path) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
+    try:
+        return json.loads(storage.read_current(storage.join(str(directory), MANIFEST)))
+    except FileNotFoundError:
         raise DataValidationError(
             [f"{directory}: not a data index (no {MANIFEST}). Fix: let the data stage build it"]
-        )
-    return json.loads(path.read_text())
+        ) from None
 
 
 @dataclass
@@ -117,7 +136,7 @@ class TrainingIndex:
 
 def open_index(directory: str | Path, settings: DataSettings) -> TrainingIndex:
     """Memory-map the index; each root slot is located where `settings` mounts it on this host."""
-    directory = Path(directory)
+    directory = storage.mirror(directory)  # an s3:// index: copied once per machine, then mapped
     manifest = read_manifest(directory)
     here = {root.slot: root.location for root in settings.roots()}
     missing = [slot for slot in manifest["roots"] if slot not in here]
