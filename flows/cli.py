@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,102 +30,121 @@ def _synth_trajectories(args) -> None:
     print(f"wrote {summary.episodes} episodes, {summary.frames} frames to {summary.out}")
 
 
-def _synth_qa(args) -> None:
-    from streamvln_model.synthetic import write_video_qa
+@dataclass(frozen=True)
+class _CotrainingSynth:
+    """One `synth` command that writes a stage-two co-training format (docs/SYNTHETIC_DATA.md).
 
-    s = write_video_qa(
-        Path(args.out), videos=args.videos, seed=args.seed, frames=args.frames, size=tuple(args.size),
-        fps=args.fps, frame_folders=args.frame_folders, overwrite=args.overwrite,
-    )  # fmt: skip
-    print(
-        f"wrote {s.videos} videos ({s.mp4_files} mp4 [{s.codec}], {s.frame_folders} frame folders) "
-        f"of {s.frames_per_video} frames, {s.turns} QA turns to {s.json_path}"
-    )
+    Every option is named as its writer's parameter (`--frames-per-scene` is `frames_per_scene`),
+    so one handler, `_synth_cotraining`, runs them all; each also takes OUT, --seed, --overwrite.
+    """
 
-
-def _synth_scanqa(args) -> None:
-    from streamvln_model.synthetic import write_scanqa
-
-    s = write_scanqa(
-        Path(args.out), scenes=args.scenes, frames_per_scene=args.frames_per_scene, seed=args.seed,
-        size=tuple(args.size), questions_per_scene=args.questions_per_scene,
-        frame_stride=args.frame_stride, name_width=args.name_width, overwrite=args.overwrite,
-    )  # fmt: skip
-    print(
-        f"wrote {s.scenes} scenes of {s.frames_per_scene} posed frames, {s.scanqa_questions} ScanQA "
-        f"and {s.sqa3d_questions} SQA3D questions to {s.out}"
-    )
+    writer: str  # the function of streamvln_model.synthetic that writes the format
+    help: str
+    options: dict[str, dict[str, Any]]  # writer parameter -> argparse settings of its option
+    report: Callable[[Any], str]  # the writer's summary -> what the command prints
+    exclusive: dict[str, dict[str, Any]] = field(default_factory=dict)  # at most one of these
 
 
-def _synth_mmc4(args) -> None:
-    from streamvln_model.synthetic import write_mmc4
+_SIZE = {"type": int, "nargs": 2, "default": (64, 48), "metavar": ("W", "H")}
+_COTRAINING_SYNTH = {
+    "qa": _CotrainingSynth(
+        "write_video_qa",
+        "LLaVA-Video-178K-style QA: mp4s, frame folders and their JSON",
+        {
+            "videos": {"type": int, "default": 6},
+            "frames": {"type": int, "default": 16},
+            "fps": {"type": int, "default": 4},
+            "frame_folders": {"type": int, "default": 2, "help": "how many videos to write as jpg folders"},
+            "size": _SIZE,
+        },
+        lambda s: (
+            f"wrote {s.videos} videos ({s.mp4_files} mp4 [{s.codec}], {s.frame_folders} frame folders) "
+            f"of {s.frames_per_video} frames, {s.turns} QA turns to {s.json_path}"
+        ),
+    ),
+    "scanqa": _CotrainingSynth(
+        "write_scanqa",
+        "ScanNet posed_images scenes with ScanQA and SQA3D JSONs",
+        {
+            "scenes": {"type": int, "default": 3},
+            "frames_per_scene": {"type": int, "default": 40},
+            "questions_per_scene": {"type": int, "default": 3},
+            "frame_stride": {"type": int, "default": 1, "help": "frame index step between files"},
+            "name_width": {"type": int, "default": 0, "help": "0: 7.jpg (ScanNet); 5: 00007.jpg"},
+            "size": _SIZE,
+        },
+        lambda s: (
+            f"wrote {s.scenes} scenes of {s.frames_per_scene} posed frames, {s.scanqa_questions} ScanQA "
+            f"and {s.sqa3d_questions} SQA3D questions to {s.out}"
+        ),
+    ),
+    "mmc4": _CotrainingSynth(
+        "write_mmc4",
+        "MMC4 jsonl shards and their images",
+        {
+            "documents": {"type": int, "default": 8},
+            "shards": {"type": int, "default": 2},
+            "max_images": {"type": int, "default": 8},
+            "size": _SIZE,
+        },
+        lambda s: (
+            f"wrote {s.documents} documents, {s.images} images in {len(s.shard_names)} shards to {s.out}"
+        ),
+    ),
+    "mixture": _CotrainingSynth(
+        "write_mixture",
+        "a full stage-two tree and its co-training YAML",
+        {
+            "episodes": {"type": int, "default": 8},
+            "dagger_episodes": {"type": int, "default": 4},
+            "videos": {"type": int, "default": 6},
+            "scenes": {"type": int, "default": 3},
+            "documents": {"type": int, "default": 8},
+            "shards": {"type": int, "default": 2},
+            "image_size": _SIZE,
+        },
+        lambda s: (
+            f"wrote stage-two data to {s.out}: {s.navigation.episodes}+{s.dagger.episodes} episodes, "
+            f"{s.qa.videos} QA videos, {s.scanqa.scenes} scenes, {s.mmc4.documents} MMC4 documents; "
+            f"{s.yaml_path}\ntrain with: {s.command_line()}"
+        ),
+        exclusive={
+            "relative_to": {"help": "write paths relative to this folder (where training runs)"},
+            "url_prefix": {"help": "write paths under this URL (e.g. s3://bucket/prefix)"},
+        },
+    ),
+}
 
-    s = write_mmc4(
-        Path(args.out), documents=args.documents, shards=args.shards, seed=args.seed, size=tuple(args.size),
-        max_images=args.max_images, overwrite=args.overwrite,
-    )  # fmt: skip
-    print(f"wrote {s.documents} documents, {s.images} images in {len(s.shard_names)} shards to {s.out}")
+
+def _option(name: str) -> str:
+    """`--frames-per-scene` for the writer parameter `frames_per_scene` (argparse maps it back)."""
+    return "--" + name.replace("_", "-")
 
 
-def _synth_mixture(args) -> None:
-    from streamvln_model.synthetic import write_mixture
+def _synth_cotraining(args) -> None:
+    import streamvln_model.synthetic as synthetic
 
-    s = write_mixture(
-        Path(args.out), seed=args.seed, episodes=args.episodes, dagger_episodes=args.dagger_episodes,
-        videos=args.videos, scenes=args.scenes, documents=args.documents, shards=args.shards,
-        image_size=tuple(args.image_size), relative_to=args.relative_to, url_prefix=args.url_prefix,
-        overwrite=args.overwrite,
-    )  # fmt: skip
-    print(
-        f"wrote stage-two data to {s.out}: {s.navigation.episodes}+{s.dagger.episodes} episodes, "
-        f"{s.qa.videos} QA videos, {s.scanqa.scenes} scenes, {s.mmc4.documents} MMC4 documents; {s.yaml_path}"
-    )
-    print(f"train with: {s.command_line()}")
+    command = _COTRAINING_SYNTH[args.what]
+    values = {name: getattr(args, name) for name in (*command.options, *command.exclusive)}
+    values = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
+    write = getattr(synthetic, command.writer)
+    print(command.report(write(Path(args.out), seed=args.seed, overwrite=args.overwrite, **values)))
 
 
 def _add_cotraining_synth(synth) -> None:
-    """`synth qa|scanqa|mmc4|mixture`: the stage-two co-training formats (docs/SYNTHETIC_DATA.md)."""
-    size = {"type": int, "nargs": 2, "default": (64, 48), "metavar": ("W", "H")}
-    qa = synth.add_parser("qa", help="LLaVA-Video-178K-style QA: mp4s, frame folders and their JSON")
-    qa.add_argument("out")
-    qa.add_argument("--videos", type=int, default=6)
-    qa.add_argument("--frames", type=int, default=16)
-    qa.add_argument("--fps", type=int, default=4)
-    qa.add_argument("--frame-folders", type=int, default=2, help="how many videos to write as jpg folders")
-    qa.add_argument("--size", **size)
-    qa.set_defaults(run=_synth_qa)
-    scanqa = synth.add_parser("scanqa", help="ScanNet posed_images scenes with ScanQA and SQA3D JSONs")
-    scanqa.add_argument("out")
-    scanqa.add_argument("--scenes", type=int, default=3)
-    scanqa.add_argument("--frames-per-scene", type=int, default=40)
-    scanqa.add_argument("--questions-per-scene", type=int, default=3)
-    scanqa.add_argument("--frame-stride", type=int, default=1, help="frame index step between files")
-    scanqa.add_argument("--name-width", type=int, default=0, help="0: 7.jpg (ScanNet); 5: 00007.jpg")
-    scanqa.add_argument("--size", **size)
-    scanqa.set_defaults(run=_synth_scanqa)
-    mmc4 = synth.add_parser("mmc4", help="MMC4 jsonl shards and their images")
-    mmc4.add_argument("out")
-    mmc4.add_argument("--documents", type=int, default=8)
-    mmc4.add_argument("--shards", type=int, default=2)
-    mmc4.add_argument("--max-images", type=int, default=8)
-    mmc4.add_argument("--size", **size)
-    mmc4.set_defaults(run=_synth_mmc4)
-    mixture = synth.add_parser("mixture", help="a full stage-two tree and its co-training YAML")
-    mixture.add_argument("out")
-    mixture.add_argument("--episodes", type=int, default=8)
-    mixture.add_argument("--dagger-episodes", type=int, default=4)
-    mixture.add_argument("--videos", type=int, default=6)
-    mixture.add_argument("--scenes", type=int, default=3)
-    mixture.add_argument("--documents", type=int, default=8)
-    mixture.add_argument("--shards", type=int, default=2)
-    mixture.add_argument("--image-size", **size)
-    where = mixture.add_mutually_exclusive_group()
-    where.add_argument("--relative-to", help="write paths relative to this folder (where training runs)")
-    where.add_argument("--url-prefix", help="write paths under this URL (e.g. s3://bucket/prefix)")
-    mixture.set_defaults(run=_synth_mixture)
-    for parser in (qa, scanqa, mmc4, mixture):
+    """`synth qa|scanqa|mmc4|mixture`, one parser per entry of `_COTRAINING_SYNTH`."""
+    for what, command in _COTRAINING_SYNTH.items():
+        parser = synth.add_parser(what, help=command.help)
+        parser.add_argument("out")
+        for name, settings in command.options.items():
+            parser.add_argument(_option(name), **settings)
+        if command.exclusive:
+            group = parser.add_mutually_exclusive_group()
+            for name, settings in command.exclusive.items():
+                group.add_argument(_option(name), **settings)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--overwrite", action="store_true", help="replace OUT as a whole")
+        parser.set_defaults(run=_synth_cotraining)
 
 
 def _synth_checkpoint(args) -> None:

@@ -7,7 +7,6 @@ Planning stages (arguments .. data) are cheap, cached and keyed on content; the 
 runs in torchrun workers that read the plan; the saving stage registers the model in MLflow.
 """
 
-
 from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, SecretStr

@@ -8,6 +8,24 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+# A stage-two mixture (`write_mixture` keywords) with every part present, each as small as it gets:
+# checked, indexed and uploaded in a few seconds.
+SMALL_MIXTURE = {
+    "seed": 3,
+    "episodes": 2,
+    "dagger_episodes": 1,
+    "min_steps": 20,
+    "max_steps": 24,
+    "videos": 3,
+    "video_frames": 8,
+    "scenes": 1,
+    "frames_per_scene": 8,
+    "documents": 4,
+    "shards": 2,
+}
+# Settings from the developer's machine that would send requests elsewhere than the moto server.
+FOREIGN_AWS_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS")
+
 
 def task_states(flow_run_id, expect: tuple[str, ...] = (), timeout_s: float = 30.0) -> dict[str, list[str]]:
     """Task name (the run name without its `-<suffix>`) -> state names, in start order.
@@ -77,18 +95,38 @@ PLANNING_STAGES = (
 )
 
 
-def run_plan_only(request, plan_root: Path):
-    """One plan-only flow run on the CPU; returns (result, task name -> state names)."""
+def use_moto_s3(patch, moto_s3, cache: Path) -> None:
+    """The environment a job sets for S3, pointed at the moto server (`patch`: a
+    pytest.MonkeyPatch); `cache` is the read-through cache. The flow and its torchrun workers
+    inherit it."""
+    from streamvln_model.data import storage
+
+    patch.setenv("AWS_ACCESS_KEY_ID", moto_s3.key)
+    patch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3.secret)
+    patch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in FOREIGN_AWS_SETTINGS:
+        patch.delenv(name, raising=False)
+    patch.setenv(storage.CACHE_ENV, str(cache))
+
+
+def _cpu_flow_state(request, plan_root: Path, plan_only: bool):
+    """The final state of one flow run on the CPU (one process), planned under `plan_root`."""
     from flows.train import streamvln_train
     from tasks.parameters import LaunchConfig
 
-    state = streamvln_train(
+    return streamvln_train(
         request=request,
         launch=LaunchConfig(device="cpu"),
         plan_root=str(plan_root),
-        plan_only=True,
+        plan_only=plan_only,
         return_state=True,
     )
+
+
+def run_plan_only(request, plan_root: Path):
+    """One plan-only flow run on the CPU; returns (result, task name -> state names)."""
+    state = _cpu_flow_state(request, plan_root, plan_only=True)
     assert state.is_completed(), state
     states = task_states(state.state_details.flow_run_id, expect=(*PLANNING_STAGES, "trainer-initialization"))
     return state.result(), states
@@ -101,17 +139,9 @@ def run_failing_flow(request, plan_root: Path, failing_stage: str = "data-module
     was written to output_dir (train.log and plan.json appear once torchrun would start), the
     failing stage is the last task that ran. Returns (error, task name -> state names).
     """
-    from flows.train import streamvln_train
     from streamvln_model.data.errors import DataValidationError
-    from tasks.parameters import LaunchConfig
 
-    state = streamvln_train(
-        request=request,
-        launch=LaunchConfig(device="cpu"),
-        plan_root=str(plan_root),
-        plan_only=False,
-        return_state=True,
-    )
+    state = _cpu_flow_state(request, plan_root, plan_only=False)
     assert state.is_failed(), state
     error = state.result(raise_on_failure=False)
     assert isinstance(error, DataValidationError), repr(error)

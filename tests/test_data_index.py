@@ -25,11 +25,15 @@ from tests.helpers import copy_dataset, read_annotations, write_annotations
 
 
 def settings(video_folder: Path | str, **fields) -> DataSettings:
-    return DataSettings(video_folder=str(video_folder), num_frames=32, num_history=8, num_future_steps=4, **fields)
+    return DataSettings(
+        video_folder=str(video_folder), num_frames=32, num_history=8, num_future_steps=4, **fields
+    )
 
 
 def check(video_folder, tmp_path: Path, **fields):
-    return check_data(settings(video_folder, **fields), check_cache=tmp_path / "checks.sqlite", workers=1, progress=False)
+    return check_data(
+        settings(video_folder, **fields), check_cache=tmp_path / "checks.sqlite", workers=1, progress=False
+    )
 
 
 @pytest.fixture
@@ -101,7 +105,7 @@ def test_frames_are_read_in_step_order_whatever_the_padding(tmp_path):
     assert scan.folders[0]["frames"] == [f"{s}.jpg" for s in range(14)]
 
     (frames / "cover.jpg").write_bytes((frames / "0.jpg").read_bytes())
-    with pytest.raises(DataValidationError, match="'cover.jpg' is not named by its step number"):
+    with pytest.raises(DataValidationError, match=r"'cover\.jpg' is not named by its step number"):
         load_episodes(str(source))
 
 

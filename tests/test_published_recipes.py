@@ -294,6 +294,8 @@ PUBLISHED = {
     },
 }
 SCRIPTS = {"stage_one": STAGE_ONE, "stage_two": STAGE_TWO}
+
+
 def print_arguments(argv: list[str]) -> dict:
     """The worker module itself resolving a command line (`--print_arguments`), as JSON."""
     done = subprocess.run(

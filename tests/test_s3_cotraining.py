@@ -31,28 +31,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from streamvln_model.data import storage
 from streamvln_model.synthetic.mixture import MixtureSummary, write_mixture
-from tests.helpers import task_states, tiny_request
+from tests.helpers import SMALL_MIXTURE, task_states, tiny_request, use_moto_s3
 from tests.s3_requests import count_requests
 
 STEPS = 3
 NPROC = 2  # two ranks: the group_by_task sampler splits task-pure batches between ranks
 TASKS = ("navigation", "qa", "scanqa", "mmc4")
-# Small enough to check, index and upload in a few seconds; every part of the mixture present.
-MIXTURE = {
-    "seed": 3,
-    "episodes": 2,
-    "dagger_episodes": 1,
-    "min_steps": 20,
-    "max_steps": 24,
-    "videos": 3,
-    "video_frames": 8,
-    "scenes": 1,
-    "frames_per_scene": 8,
-    "documents": 4,
-    "shards": 2,
-}
 
 
 @dataclass(frozen=True)
@@ -109,18 +94,12 @@ def s3_data(moto_s3, tmp_path_factory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("s3_cotraining")
     url = f"s3://cotrain-{uuid.uuid4().hex[:12]}/stage_two"
     local = root / "stage_two"
-    summary = write_mixture(local, url_prefix=url, **MIXTURE)
+    summary = write_mixture(local, url_prefix=url, **SMALL_MIXTURE)
     expected = expected_tasks(summary)
     objects = upload(moto_s3, local, url)
     shutil.rmtree(local)  # nothing can be read locally by accident
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", moto_s3.key)
-        patch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3.secret)
-        patch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS"):
-            patch.delenv(name, raising=False)
-        patch.setenv(storage.CACHE_ENV, str(root / "cache"))
+        use_moto_s3(patch, moto_s3, root / "cache")
         yield {
             "root": root,
             "url": url,

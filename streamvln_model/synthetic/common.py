@@ -1,5 +1,6 @@
 """What the co-training generators share: a colour palette readable back from pixels, and
-building a dataset folder aside so that readers never see a half-written one.
+the checks of their arguments, one random stream per item, and building a dataset folder aside so
+that readers never see a half-written one.
 
 Every co-training sample's answer names colours that fill its pixels (QA videos, ScanQA scenes,
 MMC4 images), so a model that looks at its frames can learn the answers and one that does not
@@ -8,6 +9,7 @@ cannot; `nearest_colour` proves the colours survive noise, JPEG and H.264.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 RGB = tuple[int, int, int]
 
@@ -32,6 +35,7 @@ COLOURS: dict[str, RGB] = {
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 NOISE_AMPLITUDE = 12
+JPEG_QUALITY = 90
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -60,6 +64,22 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be >= 0, got {seed}")
 
 
+def check_arguments(
+    seed: int, size: tuple[int, int], argument: str = "size", even: bool = False, **counts: int
+) -> tuple[int, int]:
+    """What every generator takes, checked in one call: the seed, its counts (>= 1) and its frame
+    size; returns (width, height) as ints."""
+    check_seed(seed)
+    check_positive(**counts)
+    return check_size(size, argument, even)
+
+
+def item_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of item `index` (episode, video, scene, document): item i never depends
+    on how many items follow it, so a larger dataset extends a smaller one of the same seed."""
+    return np.random.default_rng([seed, index])
+
+
 def canvas(colour: str, size: tuple[int, int]) -> np.ndarray:
     """An `[H, W, 3]` int16 canvas of one palette colour, to draw on; `add_noise` finishes it."""
     width, height = size
@@ -72,6 +92,17 @@ def add_noise(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Seeded uniform noise, clipped to uint8: frames are never flat, as real ones never are."""
     noise = rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=pixels.shape, dtype=np.int16)
     return np.clip(pixels + noise, 0, 255).astype(np.uint8)
+
+
+def solid_frame(colour: str, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A noisy `[H, W, 3]` uint8 frame of one palette colour."""
+    return add_noise(canvas(colour, size), rng)
+
+
+def save_jpeg(path: Path, pixels: np.ndarray | Image.Image) -> None:
+    """Every synthetic frame and image is a JPEG of one quality, as the published frames are JPEGs."""
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    image.save(path, format="JPEG", quality=JPEG_QUALITY)
 
 
 def nearest_colour(pixels: np.ndarray) -> str:
@@ -98,6 +129,11 @@ def write_text_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomically(path: Path, payload: object) -> None:
+    """`payload` as indented UTF-8 JSON (the layout of the published annotation files), atomically."""
+    write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1))
 
 
 def _partial_of(out: Path) -> Path:

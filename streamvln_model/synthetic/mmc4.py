@@ -21,19 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .common import (
     COLOUR_NAMES,
-    add_noise,
-    canvas,
-    check_positive,
-    check_seed,
-    check_size,
+    check_arguments,
     dataset_folder,
+    item_rng,
+    save_jpeg,
+    solid_frame,
     write_text_atomically,
 )
-from .trajectories import JPEG_QUALITY
 
 IMAGES_DIR = "images"
 MAX_IMAGES = 8  # above the loader's cap of 6, so the cap is exercised
@@ -133,13 +130,13 @@ def document(seed: int, index: int, max_images: int, rng: np.random.Generator) -
     return record, [colours[image] for image in order]
 
 
-def _check(documents: int, shards: int, max_images: int, seed: int) -> None:
-    check_seed(seed)
-    check_positive(documents=documents, shards=shards, max_images=max_images)
+def _check(documents: int, shards: int, max_images: int, seed: int, size: tuple[int, int]) -> tuple[int, int]:
+    size = check_arguments(seed, size, documents=documents, shards=shards, max_images=max_images)
     if shards > documents:
         raise ValueError(
             f"shards ({shards}) must be <= documents ({documents}): every shard holds a document"
         )
+    return size
 
 
 def write_mmc4(
@@ -155,19 +152,16 @@ def write_mmc4(
 
     Deterministic for a given seed (shards byte for byte); `--mmc4_video_folder` is `out/images`.
     """
-    _check(documents, shards, max_images, seed)
-    size = check_size(size)
+    size = _check(documents, shards, max_images, seed, size)
     lines: list[str] = []
     images = 0
     with dataset_folder(Path(out), overwrite) as partial:
         (partial / IMAGES_DIR).mkdir()
         for index in range(documents):
-            rng = np.random.default_rng([seed, index])
+            rng = item_rng(seed, index)
             record, colours = document(seed, index, max_images, rng)
             for info, colour in zip(record["image_info"], colours, strict=True):
-                pixels = add_noise(canvas(colour, size), rng)
-                target = partial / IMAGES_DIR / info["image_name"]
-                Image.fromarray(pixels).save(target, format="JPEG", quality=JPEG_QUALITY)
+                save_jpeg(partial / IMAGES_DIR / info["image_name"], solid_frame(colour, size, rng))
             images += len(colours)
             lines.append(json.dumps(record, ensure_ascii=False))
         names = [shard_name(index) for index in range(shards)]

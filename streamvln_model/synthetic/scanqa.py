@@ -16,27 +16,24 @@ asks about those colours or that count, which every frame shows.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .common import (
     COLOUR_NAMES,
     COLOURS,
     add_noise,
     canvas,
-    check_positive,
-    check_seed,
-    check_size,
+    check_arguments,
     dataset_folder,
+    item_rng,
     number_word,
-    write_text_atomically,
+    save_jpeg,
+    write_json_atomically,
 )
-from .trajectories import JPEG_QUALITY
 
 SCANQA_JSON = "scanqa_train.json"
 SQA3D_JSON = "sqa3d_train.json"
@@ -149,8 +146,7 @@ def write_scene(
     centre = rng.uniform(0.5, 5.0, size=3)
     for step in range(frames):
         stem = frame_stem(step * stride, name_width)
-        image = Image.fromarray(render_view(scene, step, frames, size, rng))
-        image.save(folder / f"{stem}.jpg", format="JPEG", quality=JPEG_QUALITY)
+        save_jpeg(folder / f"{stem}.jpg", render_view(scene, step, frames, size, rng))
         (folder / f"{stem}.txt").write_text(matrix_text(camera_pose(step, frames, centre)))
     (folder / INTRINSIC_FILE).write_text(matrix_text(intrinsic_matrix(size)))
 
@@ -175,9 +171,8 @@ def sqa3d_question(scene: Scene, kind: str) -> tuple[str, str]:
     return f"I am standing in the middle of the room and turning around slowly. {question}", answer
 
 
-def _scanqa_record(scene: Scene, kind: str, number: int) -> dict:
-    question, answer = scanqa_question(scene, kind)
-    question_id = f"train-{scene.name[:9]}-{number}"
+def _record(scene: Scene, question_id: str | int, question: str, answer: str, metadata: dict) -> dict:
+    """One LLaVA-style record about `scene`, as ScanQA and SQA3D records share it."""
     return {
         "id": question_id,
         "video": f"{POSED_IMAGES}/{scene.name}",
@@ -185,39 +180,33 @@ def _scanqa_record(scene: Scene, kind: str, number: int) -> dict:
             {"from": "human", "value": f"<video>\n{question}{SCANQA_SUFFIX}"},
             {"from": "gpt", "value": answer},
         ],
-        "metadata": {
-            "dataset": "scanqa",
-            "scene_id": scene.name,
-            "answers": [answer],
-            "object_names": [scene.obj],
-        },
+        "metadata": metadata,
     }
+
+
+def _scanqa_record(scene: Scene, kind: str, number: int) -> dict:
+    question, answer = scanqa_question(scene, kind)
+    metadata = {"dataset": "scanqa", "scene_id": scene.name, "answers": [answer], "object_names": [scene.obj]}
+    return _record(scene, f"train-{scene.name[:9]}-{number}", question, answer, metadata)
 
 
 def _sqa3d_record(scene: Scene, kind: str, question_id: int) -> dict:
     question, answer = sqa3d_question(scene, kind)
-    return {
-        "id": question_id,
-        "video": f"{POSED_IMAGES}/{scene.name}",
-        "conversations": [
-            {"from": "human", "value": f"<video>\n{question}{SCANQA_SUFFIX}"},
-            {"from": "gpt", "value": answer},
-        ],
-        "metadata": {"dataset": "sqa3d", "question_type": SQA3D_QUESTION_TYPES[kind]},
-    }
+    metadata = {"dataset": "sqa3d", "question_type": SQA3D_QUESTION_TYPES[kind]}
+    return _record(scene, question_id, question, answer, metadata)
 
 
 def _check(
-    scenes: int, frames_per_scene: int, questions: int, stride: int, name_width: int, seed: int
-) -> None:
-    check_seed(seed)
-    check_positive(scenes=scenes, frames_per_scene=frames_per_scene, frame_stride=stride)
+    scenes: int, frames_per_scene: int, questions: int, stride: int, name_width: int, seed: int, size
+) -> tuple[int, int]:
+    size = check_arguments(seed, size, scenes=scenes, frames_per_scene=frames_per_scene, frame_stride=stride)
     if scenes > MAX_SCENES:
         raise ValueError(f"scenes must be <= {MAX_SCENES} (synthetic scene ids are 9000-9999), got {scenes}")
     if not 1 <= questions <= len(QUESTION_KINDS):
         raise ValueError(f"questions_per_scene must be between 1 and {len(QUESTION_KINDS)}, got {questions}")
     if name_width < 0:
         raise ValueError(f"name_width must be >= 0 (0: ScanNet's unpadded names), got {name_width}")
+    return size
 
 
 def write_scanqa(
@@ -237,12 +226,11 @@ def write_scanqa(
     `frame_skip`), unpadded unless `name_width` (5 for mmdetection3d-style `00010.jpg`).
     Deterministic for a given seed; `--scanqa_video_folder` is `out`.
     """
-    _check(scenes, frames_per_scene, questions_per_scene, frame_stride, name_width, seed)
-    size = check_size(size)
+    size = _check(scenes, frames_per_scene, questions_per_scene, frame_stride, name_width, seed, size)
     scanqa, sqa3d = [], []
     with dataset_folder(Path(out), overwrite) as partial:
         for index in range(scenes):
-            rng = np.random.default_rng([seed, index])
+            rng = item_rng(seed, index)
             scene = _scene(index, rng)
             folder = partial / POSED_IMAGES / scene.name
             write_scene(folder, scene, frames_per_scene, frame_stride, name_width, size, rng)
@@ -253,6 +241,6 @@ def write_scanqa(
             sqa3d += [
                 _sqa3d_record(scene, kind, SQA3D_FIRST_ID + len(sqa3d) + n) for n, kind in enumerate(kinds)
             ]
-        write_text_atomically(partial / SQA3D_JSON, json.dumps(sqa3d, ensure_ascii=False, indent=1))
-        write_text_atomically(partial / SCANQA_JSON, json.dumps(scanqa, ensure_ascii=False, indent=1))
+        write_json_atomically(partial / SQA3D_JSON, sqa3d)
+        write_json_atomically(partial / SCANQA_JSON, scanqa)
     return ScanQASummary(Path(out), scenes, frames_per_scene, len(scanqa), len(sqa3d))

@@ -9,10 +9,7 @@ images is stuck near 1/3 accuracy, while one that reads its frames can reach ~10
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,16 @@ from streamvln_model.constants import (
     PLACEHOLDER_ACTION,
 )
 
-RGB = tuple[int, int, int]
+from .common import (
+    RGB,
+    add_noise,
+    check_positive,
+    check_seed,
+    check_size,
+    item_rng,
+    save_jpeg,
+    write_json_atomically,
+)
 
 ACTION_COLOURS: dict[int, RGB] = {
     ACTION_STOP: (255, 255, 255),
@@ -37,8 +43,6 @@ ACTION_COLOURS: dict[int, RGB] = {
     ACTION_RIGHT: (0, 0, 220),
 }
 PAST_END_COLOUR: RGB = (128, 128, 128)
-NOISE_AMPLITUDE = 12
-JPEG_QUALITY = 90
 ANNOTATIONS_FILE = "annotations.json"
 VIDEO_PREFIX = "synth_"
 REAL_ACTIONS = (ACTION_FORWARD, ACTION_LEFT, ACTION_RIGHT)
@@ -123,8 +127,7 @@ def render_frame(upcoming: list[int | None], size: tuple[int, int], rng: np.rand
     edges = _band_edges(width, len(upcoming))
     for index, action in enumerate(upcoming):
         pixels[:, edges[index] : edges[index + 1]] = _colour_of(action)
-    pixels += rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=pixels.shape, dtype=np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return Image.fromarray(add_noise(pixels, rng))
 
 
 def _nearest_action(mean: np.ndarray) -> int | None:
@@ -190,42 +193,26 @@ def _write_frames(
     targets = targets_from_actions(episode["actions"])
     for step in range(len(targets)):
         frame = render_frame(upcoming_targets(targets, step, num_future_steps), image_size, rng)
-        frame.save(rgb_dir / _frame_name(step, len(targets)), format="JPEG", quality=JPEG_QUALITY)
+        save_jpeg(rgb_dir / _frame_name(step, len(targets)), frame)
     return len(targets)
-
-
-def _write_json_atomically(path: Path, payload: object) -> None:
-    """Readers either see no annotations or complete ones, never a torn file."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, ensure_ascii=False, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _validate(
     episodes: int, min_steps: int, max_steps: int, image_size: tuple[int, int], seed: int, k: int
-) -> None:
-    """Reject bad arguments up front, naming the argument, before anything touches the disk."""
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+) -> tuple[int, int]:
+    """Reject bad arguments up front, naming the argument, before anything touches the disk;
+    returns the image size as ints."""
+    check_seed(seed)
+    check_positive(episodes=episodes)
     if min_steps < 4:
         raise ValueError(f"min_steps must be >= 4 (the dataset skips shorter episodes), got {min_steps}")
     if max_steps < min_steps:
         raise ValueError(f"max_steps ({max_steps}) must be >= min_steps ({min_steps})")
-    if k < 1:
-        raise ValueError(f"num_future_steps must be >= 1, got {k}")
-    if len(image_size) != 2 or any(int(side) < 1 for side in image_size):
-        raise ValueError(f"image_size must be two positive ints (width, height), got {image_size}")
-    if image_size[0] < k:
-        raise ValueError(f"image_size width {image_size[0]} is narrower than num_future_steps ({k}) bands")
+    check_positive(num_future_steps=k)
+    size = check_size(image_size, "image_size")
+    if size[0] < k:
+        raise ValueError(f"image_size width {size[0]} is narrower than num_future_steps ({k}) bands")
+    return size
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -257,21 +244,19 @@ def write_trajectories(
     `image_size` is (width, height). `annotations.json` is written last and atomically, so its
     presence means every frame it refers to is on disk.
     """
-    _validate(episodes, min_steps, max_steps, image_size, seed, num_future_steps)
+    size = _validate(episodes, min_steps, max_steps, image_size, seed, num_future_steps)
     out = Path(out)
     _prepare_output(out, overwrite)
-    size = (int(image_size[0]), int(image_size[1]))
     records, frames = [], 0
     histogram = dict.fromkeys(ACTION_COLOURS, 0)
     for episode_id in range(episodes):
-        # One independent stream per episode: episode i does not depend on how many come after it.
-        rng = np.random.default_rng([seed, episode_id])
+        rng = item_rng(seed, episode_id)
         record = _episode(episode_id, rng, min_steps, max_steps)
         frames += _write_frames(out, record, rng, size, num_future_steps)
         for action in record["actions"][1:]:
             histogram[action] += 1
         records.append(record)
-    _write_json_atomically(out / ANNOTATIONS_FILE, records)
+    write_json_atomically(out / ANNOTATIONS_FILE, records)
     return TrajectorySummary(
         out=out,
         episodes=episodes,

@@ -12,27 +12,23 @@ is about those colours, so it is readable from the pixels and nowhere else.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 from .common import (
     COLOUR_NAMES,
-    add_noise,
-    canvas,
-    check_positive,
-    check_seed,
-    check_size,
+    check_arguments,
     dataset_folder,
+    item_rng,
     number_word,
-    write_text_atomically,
+    save_jpeg,
+    solid_frame,
+    write_json_atomically,
 )
-from .trajectories import JPEG_QUALITY
 
 QA_JSON = "synthetic_oe_qa_processed.json"  # named like LLaVA-Video-178K's `*_oe_qa_processed.json`
 DATA_SOURCE = "synthetic_v0_1"
@@ -115,7 +111,7 @@ def conversation(segments: list[tuple[str, int]], rng: np.random.Generator) -> l
 
 def render_frames(segments: list[tuple[str, int]], size: tuple[int, int], rng: np.random.Generator):
     """One noisy solid-colour RGB uint8 frame per entry of `frame_colours(segments)`."""
-    return [add_noise(canvas(colour, size), rng) for colour in frame_colours(segments)]
+    return [solid_frame(colour, size, rng) for colour in frame_colours(segments)]
 
 
 def encode_mp4(path: Path, frames: list[np.ndarray], fps: int, codec: str) -> None:
@@ -143,16 +139,18 @@ def write_frame_folder(folder: Path, frames: list[np.ndarray]) -> None:
     folder.mkdir(parents=True)
     width = max(4, len(str(len(frames) - 1)))
     for index, pixels in enumerate(frames):
-        Image.fromarray(pixels).save(folder / f"{index:0{width}d}.jpg", format="JPEG", quality=JPEG_QUALITY)
+        save_jpeg(folder / f"{index:0{width}d}.jpg", pixels)
 
 
-def _check(videos: int, frames: int, fps: int, frame_folders: int, seed: int) -> None:
-    check_seed(seed)
-    check_positive(videos=videos, fps=fps)
+def _check(
+    videos: int, frames: int, fps: int, frame_folders: int, seed: int, size: tuple[int, int]
+) -> tuple[int, int]:
+    size = check_arguments(seed, size, even=True, videos=videos, fps=fps)
     if frames < 2:
         raise ValueError(f"frames must be >= 2 (a video needs a start and an end), got {frames}")
     if not 0 <= frame_folders <= videos:
         raise ValueError(f"frame_folders must be between 0 and videos ({videos}), got {frame_folders}")
+    return size
 
 
 def write_video_qa(
@@ -171,15 +169,14 @@ def write_video_qa(
 
     `size` is (width, height); `--qa_video_folder` is `out`.
     """
-    _check(videos, frames, fps, frame_folders, seed)
-    size = check_size(size, even=True)
+    size = _check(videos, frames, fps, frame_folders, seed, size)
     codec = video_codec()
     records, turns = [], 0
     with dataset_folder(Path(out), overwrite) as partial:
         subset = partial / DATA_SOURCE
         (subset / VIDEO_DIR).mkdir(parents=True)
         for index in range(videos):
-            rng = np.random.default_rng([seed, index])  # video i does not depend on how many follow
+            rng = item_rng(seed, index)
             segments = colour_segments(frames, rng)
             pixels = render_frames(segments, size, rng)
             name = f"{VIDEO_PREFIX}{index:06d}"
@@ -194,7 +191,7 @@ def write_video_qa(
             records.append(
                 {"id": name, "conversations": dialogue, "data_source": DATA_SOURCE, "video": video}
             )
-        write_text_atomically(subset / QA_JSON, json.dumps(records, ensure_ascii=False, indent=1))
+        write_json_atomically(subset / QA_JSON, records)
     return VideoQASummary(
         out=Path(out),
         videos=videos,
