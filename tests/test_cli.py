@@ -207,3 +207,30 @@ def test_failed_training_exits_1_naming_the_rank_and_the_log(
     assert report.rstrip().endswith(f"full log: {output_dir.resolve() / 'train.log'}")
     assert "cannot identify image file" in report  # the worker's own error, from the log's tail
     assert "ChildFailedError" not in report  # torchrun's own traceback stays in the log
+
+
+def test_data_check_prints_the_report_and_exits_2_on_refused_data(synthetic_data, tiny_checkpoint, tmp_path):
+    """`streamvln data check <training flags>`: the validation report on stdout; refused data
+    exits 2 naming the file; `--max_invalid_fraction` quarantines by name instead."""
+    data = copy_dataset(synthetic_data, tmp_path / "data")
+    flags = ["--video_folder", str(data), "--num_history", "8", "--num_future_steps", "4"]
+    flags += ["--model_name_or_path", str(tiny_checkpoint), "--model_max_length", "4096"]
+    env = {"STREAMVLN_CACHE_DIR": str(tmp_path / "cache")}
+    good = streamvln("data", "check", "--json", "--workers", "1", *flags, env=env)
+    assert good.returncode == 0, good.stderr[-2000:]
+    report = json.loads(good.stdout)
+    episodes = len(read_annotations(data))
+    assert report["status"] == "passed" and report["problems"] == []
+    assert report["tasks"] == {"navigation": episodes} and sum(report["tokens"].values()) == episodes
+
+    episode = read_annotations(data)[1]
+    frame = sorted((data / episode["video"] / "rgb").iterdir())[3]
+    frame.write_bytes(frame.read_bytes()[:100])  # truncated
+    refused = streamvln("data", "check", "--workers", "1", *flags, env=env)
+    assert refused.returncode == 2
+    assert f"{frame}: frame: truncated" in refused.stderr
+    assert "# Data validation: failed" in refused.stdout
+
+    allowed = streamvln("data", "check", "--json", *flags, "--max_invalid_fraction", "0.5", env=env)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert json.loads(allowed.stdout)["quarantined"] == [f"video_folder[0]:{episode['id']}"]

@@ -426,3 +426,20 @@ def test_shipped_preset_is_the_published_script(stage):
     expected = {k: v for k, v in PUBLISHED[stage].items() if k not in local}
     assert {k: flat[k] for k in expected if flat[k] != expected[k]} == {}
     assert field_problems(request_arguments(TrainRequest(**preset_parameters(path)["request"]))) == []
+
+
+def test_tiny_stage_two_preset_is_the_tiny_recipe_plus_the_co_training_flags():
+    """configs/tiny_stage_two.yaml (what `streamvln demo --stage two` runs): every flag resolves
+    and passes the field checks, and apart from its data it is the tiny stage-one recipe."""
+    from flows.presets import preset_parameters
+    from tasks.parameters import TrainRequest, request_arguments
+
+    two = preset_parameters(REPO_ROOT / "configs" / "tiny_stage_two.yaml")["request"]
+    one = preset_parameters(REPO_ROOT / "configs" / "tiny_cpu.yaml")["request"]
+    arguments = request_arguments(TrainRequest(**two))
+    assert field_problems(arguments) == []
+    data = arguments.data
+    assert data.multi_task_training and data.data_path and data.qa_video_folder
+    assert data.scanqa_video_folder and data.mmc4_video_folder and arguments.training.group_by_task
+    paths = {"model_name_or_path", "video_folder", "output_dir", "max_steps"}
+    assert {k: v for k, v in one.items() if k not in paths} == {k: two[k] for k in one if k not in paths}
