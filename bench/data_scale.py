@@ -366,7 +366,7 @@ def build_once(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     checked = time.perf_counter()
     path, _ = write_index(check, index_folder(parent, check.key))
     written = time.perf_counter()
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
     return {
         "check_s": checked - started,
         "write_s": written - checked,

@@ -70,8 +70,9 @@ def test_key_follows_one_frame_and_one_annotation(data, tmp_path):
 
 def test_moved_data_reuses_the_index(data, tmp_path):
     first = check(data, tmp_path)
-    target, built = write_index(first, index_folder(tmp_path / "indexes", first.key))
+    location, built = write_index(first, index_folder(tmp_path / "indexes", first.key))
     assert built
+    target = Path(location)
     stamp = (target / "manifest.json").stat().st_mtime_ns
 
     moved = tmp_path / "elsewhere" / "mount" / "r2r"
@@ -80,7 +81,7 @@ def test_moved_data_reuses_the_index(data, tmp_path):
     second = check(moved, tmp_path)
     assert second.key == first.key
     again, built = write_index(second, index_folder(tmp_path / "indexes", second.key))
-    assert (again, built) == (target, False)
+    assert (again, built) == (location, False)
     assert (target / "manifest.json").stat().st_mtime_ns == stamp
 
     index = open_index(target, settings(moved))

@@ -14,6 +14,7 @@ Roots are stored by slot; whoever opens the index says where each slot is mounte
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -157,11 +158,17 @@ def open_index(directory: str | Path, settings: DataSettings) -> TrainingIndex:
     return TrainingIndex(navigation, cotraining, roots, manifest)
 
 
-def checked_index(settings: DataSettings, cache_dir: Path, progress: bool = True) -> Path:
+def checked_index(settings: DataSettings, cache_dir: Path, progress: bool = True) -> str:
     """Check the data and write (or reuse) its index under `cache_dir`: standalone workers' path.
 
+    The ranks of a machine take turns under a file lock: the first decodes every file and
+    writes the index, the others find both in the caches instead of decoding everything again.
     The flow's data stage does the same in two steps so it can publish the report as artifacts.
     """
-    check = check_data(settings, check_cache=Path(cache_dir) / "media-checks.sqlite", progress=progress)
-    path, _ = write_index(check, index_folder(Path(cache_dir) / "data-index", check.key))
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / "data-check.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        check = check_data(settings, check_cache=cache_dir / "media-checks.sqlite", progress=progress)
+        path, _ = write_index(check, index_folder(cache_dir / "data-index", check.key))
     return path
