@@ -364,9 +364,10 @@ def build_once(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     started = time.perf_counter()
     check = check_data(settings_for(args.workdir / "source"), decode=False, progress=False)
     checked = time.perf_counter()
-    path, _ = write_index(check, index_folder(parent, check.key))
+    location, _ = write_index(check, index_folder(parent, check.key))
+    path = Path(location)
     written = time.perf_counter()
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    manifest = json.loads((path / "manifest.json").read_text())
     return {
         "check_s": checked - started,
         "write_s": written - checked,
