@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +124,7 @@ def _media_items(nav: NavigationScan, sources: list[CoTrainingSource], roots: li
 def _listed(location: str, kind: str) -> MediaResult:
     """Without decoding: the file must exist; it counts by size in the key (benchmarks only)."""
     try:
-        size = (
-            os.stat(location).st_size
-            if not storage.is_remote(location)
-            else len(storage.read_bytes(location))
-        )
+        size = storage.list_files(location, recursive=False)[0][1]  # a listing, no download
     except FileNotFoundError:
         return MediaResult(location, None, "missing. Fix: restore the file or drop the sample", kind)
     return MediaResult(location, f"size:{size}", None if size else "zero-byte file", kind)
@@ -290,11 +285,10 @@ def check_data(
     problems += _media_problems(items, results, nav, sources)
     tokens = _navigation_tokens(nav, settings) + _cotraining_tokens(sources, settings)
     problems += _length_problems(tokens, settings.model_max_length)
-    units = (
-        len(nav.episodes)
-        + sum(len(s.scan.rows) for s in sources)
-        + sum(1 for p in nav.problems if p.sample is not None)
-    )
+    # Samples the scans already rejected count once each (a co-training entry may have several
+    # problems); accepted ones are the episodes and rows that remain.
+    rejected = {p.sample for p in [*nav.problems, *(p for s in sources for p in s.scan.problems)] if p.sample}
+    units = len(nav.episodes) + sum(len(s.scan.rows) for s in sources) + len(rejected)
     report = ValidationReport.build(roots, nav, sources, problems, token_histogram([t for *_, t in tokens]))
     try:
         quarantined = _apply_policy(problems, units, settings)
