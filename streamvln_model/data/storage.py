@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text_atomically
+
 CACHE_ENV = "STREAMVLN_DATA_CACHE"
 
 # Settings that change which server or account a filesystem talks to: a new value (a test, a
@@ -352,7 +354,7 @@ def _fetch(url: str, target: Path, version: str | None) -> Path:
             if not _holds(target, version):  # else another process fetched it while we waited
                 _download(url, target)
                 if version is not None:
-                    _write_atomically(_version_file(target), version)
+                    write_text_atomically(_version_file(target), version)
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         _version_file(target).unlink()
@@ -362,12 +364,6 @@ def _fetch(url: str, target: Path, version: str | None) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 lock_path.unlink()
     return target
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _download(url: str, target: Path) -> None:

@@ -9,10 +9,7 @@ cannot; `nearest_colour` proves the colours survive noise, JPEG and H.264.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,25 +112,6 @@ def nearest_colour(pixels: np.ndarray) -> str:
 def number_word(count: int) -> str:
     """`two` for 2: short answers in words, as ScanQA/SQA3D answers are."""
     return NUMBER_WORDS[count] if 0 <= count < len(NUMBER_WORDS) else str(count)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the whole new one, never a torn one."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomically(path: Path, payload: object) -> None:
-    """`payload` as indented UTF-8 JSON (the layout of the published annotation files), atomically."""
-    write_text_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1))
 
 
 def _partial_of(out: Path) -> Path:

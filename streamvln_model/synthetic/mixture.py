@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 
 from ..data import storage
-from .common import check_seed, check_size, dataset_folder, write_text_atomically
+from ..files import write_text_atomically
+from .common import check_seed, check_size, dataset_folder
 from .mmc4 import IMAGES_DIR, MMC4Summary, write_mmc4
 from .scanqa import ScanQASummary, write_scanqa
 from .trajectories import TrajectorySummary, write_trajectories

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_text_atomically
 from .common import (
     COLOUR_NAMES,
     check_arguments,
@@ -29,7 +30,6 @@ from .common import (
     item_rng,
     save_jpeg,
     solid_frame,
-    write_text_atomically,
 )
 
 IMAGES_DIR = "images"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_json_atomically
 from .common import (
     COLOUR_NAMES,
     COLOURS,
@@ -32,7 +33,6 @@ from .common import (
     item_rng,
     number_word,
     save_jpeg,
-    write_json_atomically,
 )
 
 SCANQA_JSON = "scanqa_train.json"

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..files import write_json_atomically
 from .common import (
     COLOUR_NAMES,
     check_arguments,
@@ -27,7 +28,6 @@ from .common import (
     number_word,
     save_jpeg,
     solid_frame,
-    write_json_atomically,
 )
 
 QA_JSON = "synthetic_oe_qa_processed.json"  # named like LLaVA-Video-178K's `*_oe_qa_processed.json`
