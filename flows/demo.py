@@ -100,16 +100,16 @@ def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0, s
     from flows.presets import preset_parameters
     from flows.train import streamvln_train
     from streamvln_model.synthetic.checkpoint import write_checkpoint
-    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+    from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest
 
     checkpoint = workdir / "checkpoints" / "tiny-init"
     data_flags = demo_data(workdir, stage, episodes, seed)
     if not (checkpoint / "config.json").exists():
         write_checkpoint(checkpoint, preset="tiny", seed=seed)
-    registry = RegistryConfig(
+    tracking = TrackingConfig(
         experiment_name="streamvln-demo", model_name="streamvln-demo", alias="candidate"
     )
-    ensure_experiment(registry.experiment_name, workdir / "mlartifacts")
+    ensure_experiment(tracking.experiment_name, workdir / "mlartifacts")
     preset = preset_parameters(STAGE_PRESETS[stage])
     request = TrainRequest(
         **{
@@ -120,9 +120,9 @@ def run_demo(workdir: Path, episodes: int = 16, nproc: int = 2, seed: int = 0, s
         }
     )
     result = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(**{**preset["launch"], "nproc_per_node": nproc}),
-        registry=registry,
+        tracking=tracking,
         plan_root=str(workdir / "plans"),
     )
     losses = loss_history(result.mlflow_run_id)

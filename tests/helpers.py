@@ -52,6 +52,19 @@ def task_states(flow_run_id, expect: tuple[str, ...] = (), timeout_s: float = 30
             time.sleep(0.5)
 
 
+def service_env(prefect_harness, mlflow_server) -> dict[str, str]:
+    """The test session's Prefect API and MLflow server, for a subprocess."""
+    import os
+
+    return {
+        **os.environ,
+        "PREFECT_API_URL": prefect_harness.api_url,
+        "PREFECT_HOME": str(prefect_harness.home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_harness.results_path),
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+    }
+
+
 def copy_dataset(source: Path, target: Path) -> Path:
     """A private, editable copy of a (session-shared) synthetic dataset."""
     shutil.copytree(source, target)
@@ -116,7 +129,7 @@ def _cpu_flow_state(request, plan_root: Path, plan_only: bool):
     from tasks.parameters import LaunchConfig
 
     return streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu"),
         plan_root=str(plan_root),
         plan_only=plan_only,

@@ -416,7 +416,7 @@ def test_grayscale_and_rgba_frames_are_converted_and_train(
     prefect_harness, mlflow_server, tiny_checkpoint, nav, output_dir, plan_root, tmp_path, monkeypatch
 ):
     from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, RegistryConfig
+    from tasks.parameters import LaunchConfig, TrackingConfig
 
     for episode in range(NAVIGATION["episodes"]):
         for frame in _frames(nav, episode).iterdir():
@@ -438,9 +438,9 @@ def test_grayscale_and_rgba_frames_are_converted_and_train(
             max_steps=1,
         )
         state = streamvln_train(
-            request=request,
+            **request.groups(),
             launch=LaunchConfig(device="cpu", nproc_per_node=1),
-            registry=RegistryConfig(experiment_name="bad-data-modes", model_name="bad-data-modes"),
+            tracking=TrackingConfig(experiment_name="bad-data-modes", model_name="bad-data-modes"),
             plan_root=str(plan_root),
             return_state=True,
         )

@@ -13,7 +13,6 @@ touched; the subprocess therefore also counts `from_pretrained` calls, and there
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from streamvln_model import mlflow_model
 from streamvln_model.saving import TOWER_DIRNAME
+from tests.helpers import service_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO_ROOT / "configs" / "tiny_cpu.yaml"
@@ -46,14 +46,14 @@ PreTrainedModel.from_pretrained = classmethod(counted)
 
 from flows.presets import preset_parameters
 from flows.train import streamvln_train
-from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest
 
 spec = json.loads(sys.argv[1])
 preset = preset_parameters(spec["preset"])
 result = streamvln_train(
-    request=TrainRequest(**{**preset["request"], **spec["request"]}),
+    **TrainRequest(**{**preset["request"], **spec["request"]}).groups(),
     launch=LaunchConfig(nproc_per_node=1, device="cpu"),
-    registry=RegistryConfig(**spec["registry"]),
+    tracking=TrackingConfig(**spec["tracking"]),
     plan_root=spec["plan_root"],
 )
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # this process only, KiB on Linux
@@ -77,17 +77,6 @@ def weight_bytes(checkpoint: Path) -> int:
     return sum(path.stat().st_size for path in checkpoint.glob("*.safetensors"))
 
 
-def service_env(prefect_harness, mlflow_server) -> dict[str, str]:
-    """The test session's Prefect API and MLflow server, for a subprocess."""
-    return {
-        **os.environ,
-        "PREFECT_API_URL": prefect_harness.api_url,
-        "PREFECT_HOME": str(prefect_harness.home),
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_harness.results_path),
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
-    }
-
-
 def run_flow(name: str, checkpoint: Path, data: Path, root: Path, env: dict[str, str]) -> dict:
     spec = {
         "preset": str(TINY_PRESET),
@@ -98,7 +87,7 @@ def run_flow(name: str, checkpoint: Path, data: Path, root: Path, env: dict[str,
             "max_steps": 1,
             "save_strategy": "no",
         },
-        "registry": {"experiment_name": f"flow-memory-{name}", "model_name": f"flow-memory-{name}"},
+        "tracking": {"experiment_name": f"flow-memory-{name}", "model_name": f"flow-memory-{name}"},
         "plan_root": str(root / name / "plans"),  # no cache hits between the two runs: same work
     }
     done = subprocess.run(

@@ -27,7 +27,7 @@ from streamvln_model.arguments import TrainingArguments, resolve_flags
 from streamvln_model.configuration import StreamVLNConfig
 from streamvln_model.loading import load_trained
 from streamvln_model.saving import check_saved_files, probe_inputs, probe_logits
-from tasks.parameters import LaunchConfig, RegistryConfig
+from tasks.parameters import LaunchConfig, TrackingConfig
 from tests.helpers import tiny_request
 
 LORA_PARTS = "mm_mlp_adapter,mm_lora_layer"
@@ -67,12 +67,12 @@ def trained(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp
                 **fields,
             )
             result = streamvln_train(
-                request=request,
+                **request.groups(),
                 launch=LaunchConfig(device="cpu", nproc_per_node=1),
-                registry=RegistryConfig(experiment_name="lora-and-saving", model_name=f"tiny-{name}"),
+                tracking=TrackingConfig(experiment_name="lora-and-saving", model_name=f"tiny-{name}"),
                 plan_root=str(tmp_path_factory.getbasetemp() / "plans"),
             )
-            results[name] = (result, out)
+            results[name] = (result, Path(result.output_dir))  # the run folder under out
         return results[name]
 
     with pytest.MonkeyPatch.context() as patch:

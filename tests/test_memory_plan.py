@@ -548,7 +548,7 @@ def test_flow_shows_the_memory_plan_and_refuses_what_cannot_fit(
         gpu_memory_gb=0.01,
     )
     state = streamvln_train(
-        request=tight,
+        **tight.groups(),
         launch=LaunchConfig(device="cpu"),
         plan_root=str(tmp_path / "plans"),
         plan_only=True,

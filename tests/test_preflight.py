@@ -147,7 +147,7 @@ def _failed_flow(tmp_path: Path, **fields):
 
     request = tiny_request(output_dir=str(tmp_path / "out"), **fields)
     state = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu"),
         plan_root=str(tmp_path / "plans"),
         return_state=True,
@@ -206,7 +206,7 @@ def test_standalone_worker_refuses_a_broken_checkpoint_before_loading(
     assert done.returncode != 0
     assert _expected_message(case, folder, name) in logs
     assert "Loading weights" not in logs and "load_state_dict" not in logs
-    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert not list((tmp_path / "out").rglob("model.safetensors"))
 
 
 @pytest.mark.parametrize("case", ["missing", "shape"])
@@ -218,7 +218,7 @@ def test_the_flow_model_stage_refuses_it_with_the_same_message(
     assert _expected_message(case, folder, name) in str(state.result(raise_on_failure=False))
     states = task_states(state.state_details.flow_run_id, expect=("model-setup",))
     assert states["model-setup"] == ["Failed"]
-    assert not (tmp_path / "out" / "plan.json").exists()
+    assert not list((tmp_path / "out").rglob("plan.json"))
 
 
 def test_worker_plan_mismatch_is_refused(tmp_path):

@@ -377,7 +377,7 @@ def test_flow_and_worker_resolve_the_same_preset_identically(
     }
     request = TrainRequest(**{**preset["request"], **paths})
     result = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(**preset["launch"]),
         plan_root=str(tmp_path / "plans"),
         plan_only=True,

@@ -119,7 +119,7 @@ def runs(s3_data, prefect_harness, mlflow_server, tiny_checkpoint) -> Iterator[d
     not exercise two processes fetching into one cache, nor the group_by_task split across ranks.
     """
     from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, RegistryConfig
+    from tasks.parameters import LaunchConfig, TrackingConfig
 
     root, summary = s3_data["root"], s3_data["summary"]
     data_flags = {k: v for k, v in summary.flags.items() if k != "multi_task_training"}
@@ -142,9 +142,9 @@ def runs(s3_data, prefect_harness, mlflow_server, tiny_checkpoint) -> Iterator[d
         start = time.monotonic()
         with count_requests(s3_data["endpoint"]) as requests:
             result = streamvln_train(
-                request=request,
+                **request.groups(),
                 launch=LaunchConfig(device="cpu", nproc_per_node=NPROC),
-                registry=RegistryConfig(experiment_name="s3-cotraining", model_name="s3-cotraining"),
+                tracking=TrackingConfig(experiment_name="s3-cotraining", model_name="s3-cotraining"),
                 plan_root=str(root / "plans"),
             )
         done = Run(result=result, requests=requests, seconds=time.monotonic() - start)
