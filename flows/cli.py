@@ -219,12 +219,12 @@ def _train(args) -> None:
     from flows.presets import load_preset
     from streamvln_model.data.errors import DataValidationError
     from streamvln_model.preflight import PreflightError, preflight
-    from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest, request_arguments
+    from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest, request_arguments
 
     config, problems = load_preset(args.config)
     request = TrainRequest(**config.get("request", {}))
     launch = LaunchConfig(**config.get("launch", {}))
-    registry = RegistryConfig(**config.get("registry", {}))
+    tracking = TrackingConfig(**config.get("tracking", {}))
     # Every preset, argument, machine, checkpoint and tokenizer problem at once, in seconds, before
     # the embedded Prefect server starts; the flow's stages run the same checks for UI runs.
     try:
@@ -242,7 +242,13 @@ def _train(args) -> None:
 
     from flows.train import streamvln_train
 
-    result = streamvln_train(request=request, launch=launch, registry=registry, plan_only=args.plan_only)
+    result = streamvln_train(
+        **request.groups(),
+        launch=launch,
+        tracking=tracking,
+        plan_only=args.plan_only,
+        resume_from=args.resume_from,
+    )
     print(result.model_dump_json(indent=None if args.json else 2))
 
 
@@ -300,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("train", help="run the streamvln-train flow from a YAML config (see configs/)")
     run.add_argument("config")
     run.add_argument("--plan-only", action="store_true", help="validate and plan; do not train")
+    run.add_argument(
+        "--resume-from",
+        help="continue a run folder under output_dir: its name or path, a flow-run or MLflow run id, "
+        "or 'latest'",
+    )
     run.add_argument("--json", action="store_true")
     run.set_defaults(run=_train, embedded=True)
 
@@ -312,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage", choices=("one", "two"), default="one", help="two: co-train on navigation, QA, ScanQA, MMC4"
     )
     demo.set_defaults(run=_demo)
+
+    from flows.cli_deploy import add_deploy_commands
+
+    add_deploy_commands(commands)
+    from flows.cli_registry import add_commands as add_registry_commands
+
+    add_registry_commands(commands)  # pull, promote
     return parser
 
 

@@ -44,7 +44,7 @@ from streamvln_model.fingerprint import fingerprint
 from tasks.types import RESULT_TYPES, StageResult
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def stage_logger() -> logging.Logger | logging.LoggerAdapter:
     """The task run's logger (the message shows in the flow run's logs), else this module's."""
     try:
         return get_run_logger()
@@ -147,7 +147,7 @@ def checked_metadata(key: str, metadata: bytes, result: bytes, expected: type = 
         if not isinstance(plan, expected):
             raise UntrustedResult(f"holds a {type(plan).__name__}, the stage returns a {expected.__name__}")
     except (ValueError, KeyError, TypeError) as err:  # JSON, shape and pydantic errors alike
-        _logger().warning("ignoring the cached plan %s (computing it again): %s", key, err)
+        stage_logger().warning("ignoring the cached plan %s (computing it again): %s", key, err)
         raise UntrustedResult(f"cached plan {key}: {err}") from err
     checked = {
         "storage_key": key,

@@ -11,7 +11,8 @@ from prefect import get_run_logger
 from streamvln_model.arguments import Arguments, resolve_flags
 from streamvln_model.builder import meta_model, model_config
 from streamvln_model.preflight import PreflightError, checkpoint_report
-from tasks.caching import planning_task
+from tasks.caching import planning_task, side_effect_task
+from tasks.parameters import TrainRequest
 from tasks.types import ModelPlan, ResolvedArguments
 
 
@@ -39,3 +40,31 @@ def plan_model(arguments: ResolvedArguments) -> ModelPlan:
         total_parameters=total,
         unexpected_weights=unexpected,
     )
+
+
+@side_effect_task("fetch-model")
+def fetch_model(request: TrainRequest) -> tuple[TrainRequest, str | None]:
+    """A registered model as the starting checkpoint: `models:/<name>@<alias>` (or `/<version>`)
+    is downloaded once into the local cache and the request points at that folder.
+
+    Returns the request and the source (the URI, with the version the alias named at this time),
+    which the run records as lineage. (The flow calls it only for a registry URI.)
+    """
+    import mlflow
+
+    from streamvln_model.registry import (
+        is_registry_uri,
+        parse_model_uri,
+        resolve_model,
+        resolve_version,
+        version_uri,
+    )
+
+    uri = request.model_name_or_path
+    if not is_registry_uri(uri):
+        return request, None
+    ref = parse_model_uri(uri)
+    source = version_uri(ref.name, resolve_version(mlflow.MlflowClient(), ref))  # the alias's version now
+    local = resolve_model(source)
+    get_run_logger().info("model %s (%s) from the local cache %s", uri, source, local)
+    return request.model_copy(update={"model_name_or_path": local}), source

@@ -15,16 +15,24 @@ from prefect import get_run_logger
 from streamvln_model.mlflow_model import log_checkpoint_model
 from streamvln_model.saving import check_saved_files
 from tasks.caching import side_effect_task
-from tasks.parameters import RegistryConfig
-from tasks.types import SavedModel, TrainResult
+from tasks.parameters import TrackingConfig
+from tasks.reporting import record_version_lineage
+from tasks.types import DataPlan, SavedModel, TrainResult
 
 
 @side_effect_task("model-saving")
-def save_model(result: TrainResult, run_id: str, registry: RegistryConfig) -> SavedModel:
+def save_model(
+    result: TrainResult, run_id: str, registry: TrackingConfig, data: DataPlan | None = None
+) -> SavedModel:
     check_saved_files(result.output_dir)  # names and shapes from the headers; no tensor is read
     info = log_checkpoint_model(result.output_dir, run_id)
     version = mlflow.register_model(info.model_uri, registry.model_name)
     client = mlflow.MlflowClient()
+    client.set_model_version_tag(registry.model_name, version.version, "trained_steps", str(result.steps))
+    if data is not None:  # lineage: the data it was trained on, as on the run
+        record_version_lineage(
+            registry.model_name, version.version, data.fingerprint, data.summary["sources"]
+        )
     client.set_registered_model_alias(registry.model_name, registry.alias, version.version)
     uri = f"models:/{registry.model_name}@{registry.alias}"
     get_run_logger().info("registered %s version %s as %s", registry.model_name, version.version, uri)

@@ -31,14 +31,29 @@ def experiment_id_of(client: mlflow.MlflowClient, name: str) -> str:
 
 
 @side_effect_task("open-mlflow-run")
-def open_run(experiment_name: str, arguments: ResolvedArguments) -> str:
-    """Create the run the workers report into (left RUNNING); params = the resolved arguments."""
+def open_run(
+    experiment_name: str, arguments: ResolvedArguments, existing_run_id: str | None = None, run_dir: str = ""
+) -> str:
+    """Create the run the workers report into (left RUNNING); params = the resolved arguments.
+
+    With `existing_run_id` (a resumed run folder), that run is set RUNNING again and continues:
+    one MLflow run per run folder, whichever flow runs trained into it.
+    """
     client = mlflow.MlflowClient()
-    experiment_id = experiment_id_of(client, experiment_name)
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id() or ""),
         "prefect.flow_run_name": str(flow_run.get_name() or ""),
+        "streamvln.run_dir": run_dir,
     }
+    if existing_run_id:
+        previous = client.get_run(existing_run_id).data.tags.get("prefect.flow_run_ids", "")
+        client.update_run(existing_run_id, status="RUNNING")
+        tags["prefect.flow_run_ids"] = ",".join(filter(None, [previous, tags["prefect.flow_run_id"]]))
+        for key, value in tags.items():
+            client.set_tag(existing_run_id, key, value)
+        return existing_run_id
+    experiment_id = experiment_id_of(client, experiment_name)
+    tags["prefect.flow_run_ids"] = tags["prefect.flow_run_id"]
     run = client.create_run(experiment_id, run_name=flow_run.get_name(), tags=tags)
     params = {f"model.{k}": v for k, v in arguments.model.items()}
     params |= {f"data.{k}": v for k, v in arguments.data.items()}
@@ -61,6 +76,7 @@ def log_plan(
     gradients: GradientPlan,
     plan_path: str,
     memory: MemoryPlan | None = None,
+    model_source: str | None = None,
 ) -> None:
     """Resolved config, data summary (lineage: sources + content fingerprint), the worker plan and
     the predicted per-GPU memory (to set beside the workers' measured peaks)."""
@@ -80,6 +96,8 @@ def log_plan(
         report.write_text(json.dumps(data.summary.get("report", {}), indent=2))
         client.log_artifact(run_id, str(report), artifact_path="data")
         client.set_tag(run_id, "data.fingerprint", data.fingerprint)
+        if model_source:  # trained from a registered model: its URI and version
+            client.set_tag(run_id, "model.source", model_source)
         client.set_tag(run_id, "data.sources", ",".join(data.summary["sources"]))
         client.log_metric(run_id, "data.samples", data.summary["samples"])
         for task, count in data.summary.get("samples_per_task", {}).items():

@@ -7,12 +7,16 @@ changes between runs of the same inputs.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from prefect import get_run_logger
 from transformers.trainer_utils import get_last_checkpoint
 
+from streamvln_model.files import write_text_atomically
 from tasks.caching import side_effect_task
 from tasks.parameters import LaunchConfig
 from tasks.types import (
@@ -30,18 +34,51 @@ from tasks.types import (
 PLAN_FILE = "plan.json"
 
 
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The global step of a `checkpoint-N` folder (None for none)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else None
+
+
+RDZV_PORT = 29500  # torchrun's default port, used with the first node of a Slurm allocation
+
+
 def torchrun_command(launch: LaunchConfig, plan_path: Path) -> list[str]:
+    """The command that starts the workers: torchrun here, or under `srun` on every Slurm node.
+
+    With several nodes the rendezvous is torchrun's c10d one at `rdzv_endpoint`; a rendezvous
+    that not every node joins fails after `rdzv_timeout_s` (torchrun's `join_timeout`).
+    """
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={launch.nproc_per_node}"]
     if launch.nnodes > 1:
-        if not launch.rdzv_endpoint:
+        endpoint = launch.rdzv_endpoint or (slurm_head_endpoint() if launch.launcher == "srun" else None)
+        if not endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port reachable from every node)")
         command += [
             f"--nnodes={launch.nnodes}",
             "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={launch.rdzv_endpoint}",
+            f"--rdzv_endpoint={endpoint}",
+            f"--rdzv_id={launch.rdzv_id or 'streamvln'}",
+            f"--rdzv_conf=join_timeout={launch.rdzv_timeout_s}",
         ]
-        command += [f"--rdzv_id={launch.rdzv_id or 'streamvln'}"]
-    return [*command, "-m", "streamvln_model.train", "--plan", str(plan_path)]
+    command += ["-m", "streamvln_model.train", "--plan", str(plan_path)]
+    if launch.launcher == "srun":
+        # One torchrun per node; a node that fails ends the step on every node.
+        return ["srun", f"--nodes={launch.nnodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *command]
+    return command
+
+
+def slurm_head_endpoint() -> str:
+    """`<first node of this Slurm allocation>:29500`: the rendezvous every node can reach."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist or not shutil.which("scontrol"):
+        raise ValueError(
+            "launcher 'srun' runs inside a Slurm allocation (SLURM_JOB_NODELIST unset or no scontrol). "
+            "Fix: start the Prefect worker inside sbatch/salloc (docs/DEPLOYMENTS.md), or set rdzv_endpoint"
+        )
+    hosts = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return f"{hosts[0]}:{RDZV_PORT}"
 
 
 @side_effect_task("trainer-initialization")
@@ -54,11 +91,13 @@ def init_trainer(
     gradients: GradientPlan,
     data: DataPlan,
     launch: LaunchConfig,
+    run_dir: str,
     memory: MemoryPlan | None = None,
 ) -> TrainerPlan:
     """plan.json = the run as data: the request's flags, the launch machine's flags, and the
-    arguments the flags resolve to (the worker re-resolves them and checks they are equal)."""
-    output_dir = Path(arguments.flags["output_dir"]).resolve()
+    arguments the flags resolve to (the worker re-resolves them and checks they are equal).
+    The workers write into `run_dir` (this flow run's folder under the request's output_dir)."""
+    output_dir = Path(run_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     worker_flags = {**environment.worker_flags, "data_index": data.index_path, "output_dir": str(output_dir)}
     plan = {
@@ -75,9 +114,7 @@ def init_trainer(
         "memory": memory.model_dump() if memory else None,  # predicted per-GPU bytes (memory_plan.py)
     }
     plan_path = output_dir / PLAN_FILE
-    partial = plan_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(plan, indent=2, default=str))
-    partial.replace(plan_path)
+    write_text_atomically(plan_path, json.dumps(plan, indent=2, default=str))
     resume = get_last_checkpoint(str(output_dir))
     if resume:
         get_run_logger().info("will resume from %s", resume)

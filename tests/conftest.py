@@ -186,3 +186,34 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic_data") / "data"
     write_trajectories(out, episodes=6, min_steps=20, max_steps=70)
     return out
+
+
+# --- One real training, shared by the tests that look at a finished run -------------------------
+@pytest.fixture(scope="session")
+def finished_training(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path_factory):
+    """A tiny training through the real flow on the test servers, registered as
+    `finished-tiny@candidate`; planned under a fresh plan root, so every stage ran (no cache hit)
+    and published its artifacts into this flow run. Read-only for the tests that use it."""
+    import mlflow
+
+    from flows.train import streamvln_train
+    from tasks.parameters import LaunchConfig, TrackingConfig
+    from tests.helpers import tiny_request
+
+    root = tmp_path_factory.mktemp("finished_training")
+    previous = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+        mlflow.set_tracking_uri(mlflow_server.uri)
+        request = tiny_request(
+            model_name_or_path=str(tiny_checkpoint), video_folder=str(synthetic_data),
+            output_dir=str(root / "runs"), max_steps=6, logging_steps=1, save_strategy="no",
+        )  # fmt: skip
+        result = streamvln_train(
+            **request.groups(),
+            launch=LaunchConfig(device="cpu", nproc_per_node=1),
+            tracking=TrackingConfig(experiment_name="finished-tiny", model_name="finished-tiny"),
+            plan_root=str(root / "plans"),
+        )
+    mlflow.set_tracking_uri(previous)
+    return result

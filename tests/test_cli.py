@@ -183,7 +183,7 @@ def test_failed_training_exits_1_naming_the_rank_and_the_log(
         "max_steps": 1,
     }
     preset["launch"] |= {"nproc_per_node": 1}
-    preset["registry"] = {"experiment_name": "cli-failures", "model_name": "never-registered"}
+    preset["tracking"] = {"experiment_name": "cli-failures", "model_name": "never-registered"}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(preset))
 
@@ -204,7 +204,8 @@ def test_failed_training_exits_1_naming_the_rank_and_the_log(
     assert done.returncode == 1, (done.stdout, done.stderr[-3000:])
     report = done.stderr[done.stderr.rindex("streamvln train: ") :]
     assert report.startswith("streamvln train: training failed on rank 0 (exit code 1); last lines:\n")
-    assert report.rstrip().endswith(f"full log: {output_dir.resolve() / 'train.log'}")
+    log_path = Path(report.rstrip().rsplit("full log: ", 1)[1])  # in this run's folder under output_dir
+    assert log_path.name == "train.log" and log_path.parent.parent == output_dir.resolve()
     assert "cannot identify image file" in report  # the worker's own error, from the log's tail
     assert "ChildFailedError" not in report  # torchrun's own traceback stays in the log
 

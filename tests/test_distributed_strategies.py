@@ -97,12 +97,13 @@ def run_flow(
     checkpoint: Path,
     data: Path,
     deepspeed: str | None = None,
+    resume_from: str | None = None,
     **fields,
 ) -> Run:
     """Train STEPS steps on 2 CPU ranks through the flow. The tower is frozen and the projector has
     its own learning rate, so freezing and the per-module groups are part of what must match."""
     from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, RegistryConfig
+    from tasks.parameters import LaunchConfig, TrackingConfig
 
     request = tiny_request(
         model_name_or_path=str(checkpoint),
@@ -115,12 +116,14 @@ def run_flow(
         **{"save_strategy": "no", **fields},
     )
     result = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu", nproc_per_node=2, deepspeed=deepspeed),
-        registry=RegistryConfig(experiment_name="strategies", model_name=f"strategies-{name}"),
+        tracking=TrackingConfig(experiment_name="strategies", model_name=f"strategies-{name}"),
         plan_root=str(plan_root),
+        resume_from=resume_from,
     )
-    return Run(result=result, output_dir=output_dir, log=(output_dir / "train.log").read_text())
+    run_dir = Path(result.output_dir)  # this flow run's folder under output_dir
+    return Run(result=result, output_dir=run_dir, log=(run_dir / "train.log").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +201,10 @@ def test_zero2_run_stopped_after_checkpoint_2_resumes_to_the_same_losses(
     flow_env, zero2_run, tiny_checkpoint, synthetic_data, tmp_path
 ):
     out = tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(zero2_run.output_dir / "checkpoint-2", out / "checkpoint-2")  # what the stopped run left
+    stopped = out / "stopped"
+    stopped.mkdir(parents=True)
+    # what the stopped run left
+    shutil.copytree(zero2_run.output_dir / "checkpoint-2", stopped / "checkpoint-2")
     resumed = run_flow(
         "zero2-resumed",
         out,
@@ -207,9 +212,11 @@ def test_zero2_run_stopped_after_checkpoint_2_resumes_to_the_same_losses(
         tiny_checkpoint,
         synthetic_data,
         ZERO2,
+        resume_from="stopped",
         save_strategy="steps",
         save_steps=2,
     )
+    out = stopped
     assert f"resuming from {out / 'checkpoint-2'}" in resumed.log
     assert resumed.result.steps == STEPS
     state = json.loads((out / "trainer_state.json").read_text())
@@ -316,7 +323,7 @@ def test_the_flow_refuses_a_launch_deepspeed_config_with_fsdp_flags(
         extra_args={"fsdp": True, "fsdp_config": FSDP_CONFIG},
     )
     state = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu", nproc_per_node=2, deepspeed=ZERO2),
         plan_root=str(flow_env),
         plan_only=True,
@@ -325,4 +332,4 @@ def test_the_flow_refuses_a_launch_deepspeed_config_with_fsdp_flags(
     assert state.is_failed()
     with pytest.raises(Exception, match="--deepspeed and --fsdp"):
         state.result()
-    assert not (tmp_path / "out" / "plan.json").exists()
+    assert not list((tmp_path / "out").rglob("plan.json"))

@@ -94,7 +94,9 @@ def test_plan_json_carries_the_run_as_data(inputs):
     workers = plan["worker_flags"]
     assert workers["data_index"] == plan["data"]["index_path"] and Path(workers["data_index"]).is_dir()
     assert workers["use_cpu"] is True and workers["ddp_backend"] == "gloo"
-    assert workers["output_dir"] == str(Path(request.output_dir).resolve())
+    # each flow run trains into its own folder under output_dir
+    assert workers["output_dir"] == result.output_dir
+    assert Path(result.output_dir).parent == Path(request.output_dir).resolve()
     assert plan["arguments"]["data"]["num_history"] == 8
     assert plan["arguments"]["model"]["version"] == "qwen_1_5"
     assert plan["environment"]["device"] == "cpu"

@@ -107,8 +107,11 @@ def _files(root: Path) -> set[Path]:
 
 
 def _plan(request: TrainRequest, plan_root: Path) -> tuple[dict, dict[str, list[str]]]:
+    """The plan as data, without the one field each flow run sets for itself: its run folder."""
     result, states = run_plan_only(request, plan_root)
-    return json.loads(Path(result.plan_path).read_text()), states
+    plan = json.loads(Path(result.plan_path).read_text())
+    assert plan["worker_flags"].pop("output_dir") == result.output_dir
+    return plan, states
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 
 from flows.train import streamvln_train
-from tasks.parameters import LaunchConfig, RegistryConfig
+from tasks.parameters import LaunchConfig, TrackingConfig
 from tests.helpers import tiny_request
 
 CANARY = "hf_CANARYc4n4ry0123456789abcdefXYZ"
@@ -39,16 +39,17 @@ def test_a_hub_token_flag_never_reaches_a_file(
         extra_args={"hub_token": CANARY},
     )
     result = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu", nproc_per_node=1),
-        registry=RegistryConfig(experiment_name="secrets", model_name="secrets-model"),
+        tracking=TrackingConfig(experiment_name="secrets", model_name="secrets-model"),
         plan_root=str(tmp_path / "plans"),
     )
     assert result.steps == 2 and result.model_version
 
-    log = (tmp_path / "out" / "train.log").read_text()
+    run_dir = Path(result.output_dir)
+    log = (run_dir / "train.log").read_text()
     assert "secrets from the environment: HF_TOKEN" in log  # the worker got it, by name only
-    assert (tmp_path / "out" / "checkpoint-1" / "training_args.bin").is_file()
+    assert (run_dir / "checkpoint-1" / "training_args.bin").is_file()
 
     prefect_db = Path(prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
     mlflow_db = Path(mlflow_server.backend_store_uri.split("///", 1)[1])
@@ -67,3 +68,37 @@ def test_a_hub_token_flag_never_reaches_a_file(
     assert _files_containing(mlflow_server.artifact_root, b"model.safetensors") or any(
         mlflow_server.artifact_root.rglob("model.safetensors")
     )
+
+
+def test_secret_blocks_fill_unset_variables_and_the_environment_wins(prefect_harness, monkeypatch):
+    """S3 keys and tracking tokens come from Prefect Secret blocks when the worker's environment
+    lacks them; the torchrun workers (children of the flow process) inherit them."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect import flow
+    from prefect.blocks.system import Secret
+
+    from tasks.secrets import SECRET_BLOCKS, load_secret_blocks
+
+    Secret(value="block-aws-secret").save(SECRET_BLOCKS["AWS_SECRET_ACCESS_KEY"], overwrite=True)
+    Secret(value="block-hf-token").save(SECRET_BLOCKS["HF_TOKEN"], overwrite=True)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "environment-hf-token")
+
+    @flow
+    def flow_with_secrets() -> tuple[dict[str, str], str]:
+        sources = load_secret_blocks()
+        child = [sys.executable, "-c", "import os; print(os.environ['AWS_SECRET_ACCESS_KEY'])"]
+        return sources, subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        sources, seen_by_child = flow_with_secrets()
+    finally:  # every later flow run of the session would otherwise load them too
+        for variable in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+            Secret.delete(SECRET_BLOCKS[variable])
+    assert sources["AWS_SECRET_ACCESS_KEY"] == "secret block streamvln-aws-secret-access-key"
+    assert sources["HF_TOKEN"] == "environment" and os.environ["HF_TOKEN"] == "environment-hf-token"
+    assert seen_by_child == "block-aws-secret"
+    assert not any("block-" in source for source in sources.values())  # names and origins only

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from flows.train import streamvln_train
-from tasks.parameters import LaunchConfig, RegistryConfig, TrainRequest
+from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest
 from tests.helpers import task_states, tiny_request
 
 
@@ -36,11 +36,11 @@ def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_ser
     # Passes planning (an optimizer is only a name there) but the worker's Trainer cannot build it:
     # adamw_anyprecision needs torchdistx, which no package registry serves for this torch.
     request = request_for(max_steps=1, extra_args={"optim": "adamw_anyprecision"})
-    registry = RegistryConfig(experiment_name="failures", model_name="never-registered")
+    tracking = TrackingConfig(experiment_name="failures", model_name="never-registered")
     state = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu"),
-        registry=registry,
+        tracking=tracking,
         plan_root=str(tmp_path / "plans"),
         return_state=True,
     )
@@ -48,7 +48,7 @@ def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_ser
     with pytest.raises(Exception, match="torchrun exited with") as failure:
         state.result()
     assert "torchdistx" in str(failure.value).lower()  # the tail of the worker's log
-    assert (tmp_path / "out" / "train.log").is_file()
+    assert len(list((tmp_path / "out").glob("*/train.log"))) == 1  # in the run folder under output_dir
     states = task_states(state.state_details.flow_run_id, expect=("training-loop",))
     assert states["training-loop"] == ["Failed"]
     assert "model-saving" not in states
@@ -62,9 +62,9 @@ def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_ser
 def test_training_timeout_stops_every_worker(request_for, tmp_path):
     request = request_for(max_steps=10_000)
     state = streamvln_train(
-        request=request,
+        **request.groups(),
         launch=LaunchConfig(device="cpu", nproc_per_node=2, timeout_s=20),
-        registry=RegistryConfig(experiment_name="timeouts", model_name="never-registered-either"),
+        tracking=TrackingConfig(experiment_name="timeouts", model_name="never-registered-either"),
         plan_root=str(tmp_path / "plans"),
         return_state=True,
     )
