@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import Arguments, DataArguments, TrainingArguments, as_data, resolve_argv, resolve_flags
 from .builder import load_model, load_prepared_tokenizer
@@ -38,7 +37,13 @@ from .saving import save_trained_model
 from .secrets import move_secrets_to_env, secrets_in_environment
 from .strategies import shut_down_process_group
 from .tokenizer import cache_root
-from .trainer import MlflowRunCallback, ProgressCallback, ShardingCallback, StreamVLNTrainer
+from .trainer import (
+    MlflowRunCallback,
+    ProgressCallback,
+    ShardingCallback,
+    StreamVLNTrainer,
+    resume_checkpoint,
+)
 from .vision import build_image_processor
 
 logger = logging.getLogger("streamvln.train")
@@ -219,7 +224,8 @@ def train(argv: list[str] | None = None) -> None:
     trainer = StreamVLNTrainer(
         model=model, args=training_args, processing_class=tokenizer, callbacks=_callbacks(), **data_module
     )
-    last = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+    # The newest complete checkpoint-N; checkpoints a fault interrupted are discarded (trainer.py).
+    last = resume_checkpoint(training_args.output_dir, owner=training_args.should_save)
     if last:
         logger.info("resuming from %s", last)
     # Dataloader workers fork from here: frozen objects are never traversed by a worker's garbage

@@ -2,23 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data.combined import CombinedDataset, GroupByTaskSampler, megabatch_size
 from .loading import NON_LORA_WEIGHTS, load_named
 from .lora import is_peft_model, non_lora_trainables
 
 PROGRESS_PREFIX = "streamvln-progress "
+# Checkpoints are written into <output_dir>/partial-checkpoints/checkpoint-N and moved to
+# <output_dir>/checkpoint-N once every rank has written its part. Neither transformers'
+# `get_last_checkpoint` (`^checkpoint-\d+$`) nor its rotation (`checkpoint-*`) sees this folder,
+# so a checkpoint a fault interrupted is never resumed from nor counted as the newest one.
+STAGING_DIR = "partial-checkpoints"
 logger = logging.getLogger("streamvln.trainer")
+
+
+def discard_partial_checkpoints(output_dir: str | Path) -> list[str]:
+    """Remove checkpoints a fault interrupted while they were written; returns their names.
+
+    Call it on the rank that owns the folder (`args.should_save`), before training starts: no
+    rank writes a checkpoint before the first optimizer step, which every rank takes together.
+    """
+    staging = Path(output_dir) / STAGING_DIR
+    if not staging.is_dir():
+        return []
+    names = sorted(p.name for p in staging.iterdir())
+    shutil.rmtree(staging)
+    if names:
+        logger.warning(
+            "discarded %s in %s: a fault interrupted their writing; resuming from the newest complete one",
+            ", ".join(names),
+            staging,
+        )
+    return names
+
+
+def resume_checkpoint(output_dir: str | Path, owner: bool) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir` (None: start from step 0).
+
+    `owner` (the rank that saves into the folder) first removes interrupted checkpoints.
+    """
+    if not Path(output_dir).is_dir():
+        return None
+    if owner:
+        discard_partial_checkpoints(output_dir)
+    return get_last_checkpoint(str(output_dir))
+
+
+def publish_checkpoint(staged: Path, target: Path) -> None:
+    """Move a complete checkpoint to its final name in one rename (atomic on POSIX filesystems).
+
+    A folder already there holds the same step from an earlier attempt (only a run pointed back
+    at an older checkpoint meets one); the one just written replaces it.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staged, target)
 
 
 class StreamVLNTrainer(Trainer):
@@ -32,6 +83,7 @@ class StreamVLNTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._staging = False  # True while the Trainer writes a checkpoint (see _save_checkpoint)
         if self.args.loss_per_micro_batch:
             self.model_accepts_loss_kwargs = False
 
@@ -39,6 +91,38 @@ class StreamVLNTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
             enable_fsdp_on_cpu(self)
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written aside and renamed to `checkpoint-N` when complete.
+
+        transformers 5.24 writes straight into `checkpoint-N` (model by the saving rank, RNG state
+        and DeepSpeed/FSDP shards by every rank), so a fault mid-save leaves a folder that
+        `get_last_checkpoint` would pick and the resume would fail on. Here the Trainer's own save
+        runs with its run folder pointed at `STAGING_DIR`; after a barrier (every rank's part is
+        on disk) the owning rank renames the folder and only then rotates `save_total_limit`.
+        """
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            run_dir = Path(self._get_output_dir(trial))
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            publish_checkpoint(run_dir / STAGING_DIR / name, run_dir / name)
+            with contextlib.suppress(OSError):  # left empty: no other checkpoint is being written
+                (run_dir / STAGING_DIR).rmdir()
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """With LoRA, also the other trained weights (e.g. the projector) beside the adapter.
@@ -164,7 +248,19 @@ def _numeric(logs: dict) -> dict[str, float]:
 
 
 class ProgressCallback(TrainerCallback):
-    """Rank 0 prints one JSON line per log so the flow can follow training from stdout."""
+    """Rank 0 prints one JSON line per log so the flow can follow training from stdout.
+
+    Besides the Trainer's logs (loss, learning_rate, epoch, ...) a record carries this attempt's
+    throughput and the time left: `samples_per_second` and `eta_s`, measured from the step the
+    attempt started at (a resumed attempt counts from its checkpoint, not from step 0).
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._start: tuple[float, int] | None = None  # (time, global step) when this attempt began
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = (self._clock(), state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -173,34 +269,82 @@ class ProgressCallback(TrainerCallback):
                 "max_steps": state.max_steps,
                 "world_size": args.world_size,
                 **_numeric(logs),
+                **self._pace(args, state),
             }
             sys.stdout.write(PROGRESS_PREFIX + json.dumps(record) + "\n")
             sys.stdout.flush()
+
+    def _pace(self, args, state) -> dict[str, float]:
+        if self._start is None:
+            return {}
+        started, first_step = self._start
+        steps, elapsed = state.global_step - first_step, self._clock() - started
+        if steps <= 0 or elapsed <= 0:
+            return {}
+        samples_per_step = (state.train_batch_size or args.per_device_train_batch_size) * (
+            args.gradient_accumulation_steps * args.world_size
+        )
+        seconds_per_step = elapsed / steps
+        return {
+            "samples_per_second": samples_per_step / seconds_per_step,
+            "eta_s": max(state.max_steps - state.global_step, 0) * seconds_per_step,
+        }
 
 
 class MlflowRunCallback(TrainerCallback):
     """Per-step metrics from rank 0 into the MLflow run the flow opened (`MLFLOW_RUN_ID`).
 
-    The flow already logged the resolved arguments as params; this logs metrics only, so a
-    value written twice can never conflict.
+    The flow already logged the resolved arguments as params; this logs metrics only. A retried
+    training resumes from checkpoint-K while the failed attempt had logged up to some step M > K:
+    MLflow cannot remove a logged point, so at train begin this reads, per metric, the last step
+    the run holds and from then on logs a metric only at a later step. The run keeps one value per
+    step (the first attempt's for K+1..M; a deterministic resume recomputes the same ones).
     """
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id or os.environ["MLFLOW_RUN_ID"]
         self._client = None
+        self._logged: dict[str, int] = {}  # metric -> last step the run holds
 
-    def _log(self, metrics: dict[str, float], step: int) -> None:
+    @property
+    def client(self):
         import mlflow
 
         if self._client is None:
             self._client = mlflow.MlflowClient()
-        entries = [mlflow.entities.Metric(k, v, int(1000 * time.time()), step) for k, v in metrics.items()]
+        return self._client
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._logged = logged_steps(self.client, self.run_id)
+            if self._logged and state.global_step < max(self._logged.values()):
+                logger.info(
+                    "MLflow run %s already holds steps up to %d: logging each metric after its last step",
+                    self.run_id,
+                    max(self._logged.values()),
+                )
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        import mlflow
+
+        now = int(1000 * time.time())
+        entries = [
+            mlflow.entities.Metric(k, v, now, step)
+            for k, v in metrics.items()
+            if step > self._logged.get(k, -1)
+        ]
         if entries:
-            self._client.log_batch(self.run_id, metrics=entries)
+            self.client.log_batch(self.run_id, metrics=entries)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self._log(_numeric(logs), state.global_step)
+
+
+def logged_steps(client, run_id: str) -> dict[str, int]:
+    """Metric name -> the highest step the MLflow run holds for it."""
+    metrics = client.get_run(run_id).data.metrics
+    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in metrics}
 
 
 class ShardingCallback(TrainerCallback):
