@@ -19,6 +19,18 @@ if ! grep -qF "\"$TORCH_PIN\"" pyproject.toml; then
     exit 1
 fi
 
+# Debian's Chromium for the browser tests (tests/test_ui_screenshots.py): Playwright drives it
+# through executable_path and never downloads a browser of its own. Checked before the stamp
+# below, so a machine with a ready .venv but no browser still gets one; skipped when present.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: installing Debian's chromium (for the browser tests)"
+    SUDO=""
+    if [[ "$(id -u)" -ne 0 ]] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+    if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; }; then
+        echo "setup.sh: could not install chromium; tests/test_ui_screenshots.py needs it" >&2
+    fi
+fi
+
 want="$({ cat pyproject.toml; echo "$TORCH_PIN"; } | sha256sum | cut -d' ' -f1)"
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
