@@ -1,7 +1,15 @@
 """The MLflow pyfunc flavour: a registered StreamVLN version loads with one call and predicts actions.
 
-    policy = mlflow.pyfunc.load_model("models:/streamvln@candidate")
+    policy = mlflow.pyfunc.load_model("models:/streamvln@champion")
     policy.predict([{"instruction": "...", "current_frame": "frame.jpg", "history_frames": [...]}])
+
+Each record: `instruction`; `current_frame` (an image path or an H x W x 3 uint8 array or nested
+list); optional `history_frames` (the frames of the earlier steps, paths or arrays; see
+inference.py for how the memory frames are chosen). Each answer: `{"text": "↑↑←→", "actions":
+[1, 1, 2, 3]}` (action ids as in the annotations: 0 STOP, 1 forward, 2 left, 3 right).
+
+The library travels inside the model (`code_paths`), so loading needs no package of ours; the
+pip requirements pin the third-party packages it imports at the versions it was logged with.
 
 The checkpoint folder travels as the model's `checkpoint` artifact, so the raw weights can also
 be downloaded and loaded with `streamvln_model.loading.load_trained` (or, for a full save,
@@ -30,16 +38,62 @@ class StreamVLNPyfunc(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input, params=None) -> list[dict]:
-        records = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         from .inference import parse_actions
 
         results = []
-        for record in records:
+        for i, record in enumerate(_records(model_input)):
+            missing = [name for name in ("instruction", "current_frame") if _absent(record.get(name))]
+            if missing:
+                raise ValueError(f"record [{i}]: no {' or '.join(missing)} (fields: {sorted(record)})")
+            history = record.get("history_frames")
             text = self.policy.next_actions(
-                record["instruction"], record["current_frame"], list(record.get("history_frames") or [])
+                record["instruction"], record["current_frame"], [] if _absent(history) else list(history)
             )
             results.append({"text": text, "actions": parse_actions(text)})
         return results
+
+
+def _records(model_input) -> list[dict]:
+    """A DataFrame (mlflow may hand one over), a list of dicts, or one dict -> a list of dicts."""
+    if hasattr(model_input, "to_dict"):
+        return model_input.to_dict("records")
+    return [model_input] if isinstance(model_input, dict) else list(model_input)
+
+
+def _absent(value) -> bool:
+    """None, or the NaN a DataFrame puts where a record lacks a field."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+# Third-party distributions the library imports when the pyfunc loads and predicts
+# (tests/test_pull.py checks this list against what the library's modules import).
+INFERENCE_DISTRIBUTIONS = (
+    "torch",
+    "transformers",
+    "huggingface-hub",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "peft",
+    "numpy",
+    "pillow",
+    "pyyaml",
+    "fsspec",
+    "mlflow",
+)
+
+
+def pip_requirements() -> list[str]:
+    """`name==version` of each inference dependency as installed here, without a local version
+    label (`torch 2.13.0+cpu` -> `torch==2.13.0`: PyPI has no `+cpu` builds)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in INFERENCE_DISTRIBUTIONS]
+
+
+def library_folder() -> Path:
+    """The `streamvln_model` package folder, shipped inside the model as its code."""
+    return Path(__file__).resolve().parent
 
 
 # What `from_pretrained` needs; trainer state, logs and intermediate checkpoints stay behind.
@@ -90,7 +144,8 @@ def log_checkpoint_model(checkpoint: str | Path, run_id: str, name: str = "model
                 name=name,
                 python_model=StreamVLNPyfunc(),
                 artifacts=artifacts,
-                pip_requirements=["streamvln-pipeline", "torch==2.13.0"],
+                code_paths=[str(library_folder())],
+                pip_requirements=pip_requirements(),
             )
 
 

@@ -25,6 +25,7 @@ from streamvln_model.constants import (
     PLACEHOLDER_ACTION,
 )
 
+from ..files import write_json_atomically
 from .common import (
     RGB,
     add_noise,
@@ -33,7 +34,6 @@ from .common import (
     check_size,
     item_rng,
     save_jpeg,
-    write_json_atomically,
 )
 
 ACTION_COLOURS: dict[int, RGB] = {
@@ -92,9 +92,24 @@ class TrajectorySummary:
         return self.out / ANNOTATIONS_FILE
 
 
-def video_name(episode_id: int) -> str:
-    """Stable folder name of an episode's frames, e.g. `synth_000012`."""
-    return f"{VIDEO_PREFIX}{episode_id:06d}"
+def video_name(episode_id: int, scene: str | None = None) -> str:
+    """Stable folder name of an episode's frames: `synth_000012`, or `<scene>_synth_000012`.
+
+    The published folders are named `<scan id>_<dataset>_<episode>` (e.g. `17DRP5sb8fy_r2r_000012`),
+    and evaluation takes the part before the first `_` as the scene; with `scene` the synthetic
+    names follow that layout, so held-out splits by scene can be built from synthetic data.
+    """
+    name = f"{VIDEO_PREFIX}{episode_id:06d}"
+    return f"{scene}_{name}" if scene is not None else name
+
+
+def _check_scene(scene: str | None) -> None:
+    """A scene name is one folder-name part: no `_` (it ends the scene), no path separator."""
+    if scene is not None and (not scene or any(c in scene for c in "_/\\") or scene in (".", "..")):
+        raise ValueError(
+            f"scene {scene!r}: must be a non-empty name without '_', '/' or '\\' (the scene is the part "
+            "of the folder name before the first '_'), e.g. 'sceneA'"
+        )
 
 
 def targets_from_actions(actions: Sequence[int]) -> list[int]:
@@ -166,14 +181,16 @@ def _instruction(rng: np.random.Generator) -> str:
     )
 
 
-def _episode(episode_id: int, rng: np.random.Generator, min_steps: int, max_steps: int) -> dict:
+def _episode(
+    episode_id: int, rng: np.random.Generator, min_steps: int, max_steps: int, scene: str | None = None
+) -> dict:
     """One annotation record; `len(actions)` is uniform in [min_steps, max_steps]."""
     length = int(rng.integers(min_steps, max_steps + 1))
     real = rng.choice(REAL_ACTIONS, size=length - 1)
     instructions = [_instruction(rng) for _ in range(int(rng.integers(1, 4)))]
     return {
         "id": episode_id,
-        "video": f"images/{video_name(episode_id)}",
+        "video": f"images/{video_name(episode_id, scene)}",
         "instructions": instructions,
         "actions": [PLACEHOLDER_ACTION, *(int(action) for action in real)],
     }
@@ -224,8 +241,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         annotations.unlink()  # first, so a crash below never leaves annotations pointing at new frames
     images = out / "images"
     if images.is_dir():
-        for stale in images.glob(f"{VIDEO_PREFIX}*"):
-            shutil.rmtree(stale)
+        for pattern in (f"{VIDEO_PREFIX}*", f"*_{VIDEO_PREFIX}*"):  # without and with a scene
+            for stale in images.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
     images.mkdir(parents=True, exist_ok=True)
 
 
@@ -238,20 +256,24 @@ def write_trajectories(
     seed: int = 0,
     num_future_steps: int = 4,
     overwrite: bool = False,
+    scene: str | None = None,
 ) -> TrajectorySummary:
     """Write `episodes` synthetic episodes under `out`; deterministic for a given seed.
 
     `image_size` is (width, height). `annotations.json` is written last and atomically, so its
-    presence means every frame it refers to is on disk.
+    presence means every frame it refers to is on disk. `scene` (optional) prefixes every folder
+    name as the published scan id does (`images/<scene>_synth_000012`); without it the names are
+    `images/synth_000012`. The episodes themselves do not depend on the scene.
     """
     size = _validate(episodes, min_steps, max_steps, image_size, seed, num_future_steps)
+    _check_scene(scene)
     out = Path(out)
     _prepare_output(out, overwrite)
     records, frames = [], 0
     histogram = dict.fromkeys(ACTION_COLOURS, 0)
     for episode_id in range(episodes):
         rng = item_rng(seed, episode_id)
-        record = _episode(episode_id, rng, min_steps, max_steps)
+        record = _episode(episode_id, rng, min_steps, max_steps, scene)
         frames += _write_frames(out, record, rng, size, num_future_steps)
         for action in record["actions"][1:]:
             histogram[action] += 1
