@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from prefect import get_run_logger
-from transformers.trainer_utils import get_last_checkpoint
 
 from streamvln_model.files import write_text_atomically
+from streamvln_model.trainer import resume_checkpoint
 from tasks.caching import side_effect_task
 from tasks.parameters import LaunchConfig
 from tasks.types import (
@@ -115,7 +115,7 @@ def init_trainer(
     }
     plan_path = output_dir / PLAN_FILE
     write_text_atomically(plan_path, json.dumps(plan, indent=2, default=str))
-    resume = get_last_checkpoint(str(output_dir))
+    resume = resume_checkpoint(output_dir, owner=False)  # what the workers will pick
     if resume:
         get_run_logger().info("will resume from %s", resume)
     return TrainerPlan(

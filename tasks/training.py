@@ -32,9 +32,8 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import SecretStr
-from transformers.trainer_utils import get_last_checkpoint
 
-from streamvln_model.trainer import PROGRESS_PREFIX
+from streamvln_model.trainer import PROGRESS_PREFIX, resume_checkpoint
 from tasks.caching import side_effect_task
 from tasks.types import TrainerPlan, TrainResult
 
@@ -325,7 +324,7 @@ def read_trainer_state(folder: str | Path) -> dict | None:
 
 def resume_point(output_dir: str | Path) -> dict | None:
     """{"step", "max_steps"} of the checkpoint a relaunch resumes from (None: none yet)."""
-    last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    last = resume_checkpoint(output_dir, owner=False)  # the workers' own choice, read-only here
     state = read_trainer_state(last) if last else None
     return {"step": state["global_step"], "max_steps": state["max_steps"]} if state else None
 
