@@ -200,17 +200,6 @@ class TrainRequest(ModelOptions, DataOptions, TrainingOptions):
             raise ValueError("missing " + "; ".join(missing) + ". Fix: set it in the form or choose a preset")
         return self
 
-    @classmethod
-    def from_groups(cls, **groups: Group | dict | None) -> TrainRequest:
-        """One request from group objects (or their dicts); a field may appear in one group only."""
-        values: dict[str, Any] = {}
-        for name, group in groups.items():
-            if group is None:
-                continue
-            model = group if isinstance(group, Group) else GROUPS[name].model_validate(group)
-            values |= model.set_fields()
-        return cls(**values)
-
     def groups(self) -> dict[str, Group]:
         """The request split back into its form sections (model=, data=, training=)."""
         return {
