@@ -326,7 +326,7 @@ class PublishedIndex:
 
 # --- phases (each runs in its own subprocess) --------------------------------------------------
 def settings_for(source: Path):
-    from streamvln_model.data.catalog import DataSettings
+    from streamvln_model.data.validation.check import DataSettings
 
     return DataSettings(
         video_folder=str(source),
@@ -357,8 +357,8 @@ def phase_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_once(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
-    from streamvln_model.data.catalog import check_data
-    from streamvln_model.data.store import index_folder, write_index
+    from streamvln_model.data.index.folder import index_folder, write_index
+    from streamvln_model.data.validation.check import check_data
 
     shutil.rmtree(parent, ignore_errors=True)
     started = time.perf_counter()
@@ -401,7 +401,7 @@ def phase_profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_decode(args: argparse.Namespace) -> dict[str, Any]:
-    from streamvln_model.data.media_checks import check_media
+    from streamvln_model.data.validation.media_checks import check_media
 
     folder = args.workdir / "photos"
     paths = sorted(str(p) for p in folder.glob("*.jpg"))
@@ -443,7 +443,7 @@ def permutation(n: int, seed: int) -> Iterator[int]:
 
 def _worker(connection, index, tokenizer, spec, worker: int, plans: int, epoch: str) -> None:
     """A forked loader worker: plans, then an epoch of row access, then a full collection."""
-    from streamvln_model.data.vln_dataset import VLNActionDataset
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
 
     figures: dict[str, Any] = {"start": memory()}
     if index is not None:
@@ -469,10 +469,10 @@ def _worker(connection, index, tokenizer, spec, worker: int, plans: int, epoch: 
 
 def phase_workers(args: argparse.Namespace) -> dict[str, Any]:
     """Open the data as training does, fork K workers, gather their memory figures."""
-    from streamvln_model.conversation import prepare_tokenizer
-    from streamvln_model.data.store import open_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset  # noqa: F401  (imported before fork)
-    from streamvln_model.tokenizer import load_tokenizer
+    from streamvln_model.data.datasets.navigation import VLNActionDataset  # noqa: F401  (imported before fork)
+    from streamvln_model.data.index.folder import open_index
+    from streamvln_model.model.conversation import prepare_tokenizer
+    from streamvln_model.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
     spec = prepare_tokenizer(tokenizer)

@@ -74,7 +74,7 @@ QWEN2_1_5B = {
 
 def so400m_stored() -> dict[str, Any]:
     """The public so400m tower as LLaVA checkpoints store it: without its last encoder layer."""
-    from streamvln_model.vision import KNOWN_TOWERS
+    from streamvln_model.model.vision import KNOWN_TOWERS
 
     public = KNOWN_TOWERS["google/siglip-so400m-patch14-384"]
     return {**public, "num_hidden_layers": public["num_hidden_layers"] - 1}
@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def gpu_check_config():
     """The 1.5B-class StreamVLN config (random init; the tower's sizes are embedded)."""
-    from streamvln_model.configuration import StreamVLNConfig
+    from streamvln_model.model.configuration import StreamVLNConfig
     from streamvln_model.synthetic.checkpoint import QWEN2_PADDED_VOCAB
 
     assert QWEN2_1_5B["vocab_size"] == QWEN2_PADDED_VOCAB
@@ -126,7 +126,7 @@ def gpu_check_config():
 
 def parameter_counts(config) -> dict[str, int]:
     """Parameters per part, counted on the meta device (nothing allocated)."""
-    from streamvln_model.builder import meta_model
+    from streamvln_model.model.builder import meta_model
 
     model = meta_model(config)
     counts = {"llm": 0, "embedding": 0, "tower": 0, "projector": 0, "other": 0}
@@ -267,7 +267,7 @@ def run_worker(mode: str, flags: dict[str, Any], warmup: int) -> None:
     import torch
     from transformers import TrainerCallback
 
-    import streamvln_model.train as worker
+    from streamvln_model.training import worker
 
     class Measure(TrainerCallback):
         """Counts the timed steps' tokens/frames from the decoder's and tower's inputs."""
@@ -341,10 +341,10 @@ def build_checkpoint(out: Path) -> Path:
     """Random-init weights on the GPU (seconds, not minutes on the CPU), saved in bf16."""
     import torch
 
-    from streamvln_model.modeling import StreamVLNForCausalLM
-    from streamvln_model.saving import save_checkpoint_folder
-    from streamvln_model.tokenizer import load_tokenizer
-    from streamvln_model.vision import build_image_processor, resolve_vision_config
+    from streamvln_model.checkpoint.saving import save_checkpoint_folder
+    from streamvln_model.model.modeling import StreamVLNForCausalLM
+    from streamvln_model.model.tokenizer import load_tokenizer
+    from streamvln_model.model.vision import build_image_processor, resolve_vision_config
 
     config = gpu_check_config()
     torch.manual_seed(0)
@@ -359,8 +359,8 @@ def build_checkpoint(out: Path) -> Path:
 
 def predicted_peak(flags: dict[str, Any]) -> int | None:
     """The memory plan's per-GPU peak for these flags on one GPU."""
-    from streamvln_model.arguments import resolve_flags
-    from streamvln_model.memory_plan import plan_memory
+    from streamvln_model.config.arguments import resolve_flags
+    from streamvln_model.training.memory_plan import plan_memory
 
     try:
         return plan_memory(resolve_flags(flags), world_size=1).run.peak_bytes

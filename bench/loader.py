@@ -42,14 +42,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.images import preprocess_frames
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.data.media.images import preprocess_frames
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor
 from streamvln_model.synthetic import write_trajectories
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import build_image_processor
 
 FRAME_SIZE = (640, 480)  # (width, height) of the published R2R/RxR renders
 IMAGE_SIZE = 384  # SigLIP-so400m-patch14-384
@@ -100,10 +100,10 @@ def cotraining_rates(root: Path, processor: SiglipImageProcessorPil) -> dict[str
     These samples decode video (PyAV) or many images, so they have no Pillow-only bound."""
     from types import SimpleNamespace
 
-    from streamvln_model.data.catalog import DataSettings
-    from streamvln_model.data.records import TASK_NAMES
-    from streamvln_model.data.store import checked_index, open_index
-    from streamvln_model.data.training_set import training_dataset
+    from streamvln_model.data.datasets.training_set import training_dataset
+    from streamvln_model.data.index.folder import checked_index, open_index
+    from streamvln_model.data.validation.check import DataSettings
+    from streamvln_model.data.validation.records import TASK_NAMES
     from streamvln_model.synthetic.mixture import training_flags, write_mixture
 
     data = root / "mixture"

@@ -17,15 +17,15 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor, resolve_vision_config
 from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import preset_config
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import build_image_processor, resolve_vision_config
 
 
 def batch_of_two(root: Path) -> dict:

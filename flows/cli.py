@@ -155,7 +155,7 @@ def _synth_checkpoint(args) -> None:
 
 
 def _data_preview(args) -> None:
-    from streamvln_model.preview import PreviewSettings, plan_record, preview_plans, render_plan
+    from streamvln_model.data.preview import PreviewSettings, plan_record, preview_plans, render_plan
 
     settings = PreviewSettings(args.num_frames, args.num_history, args.num_future_steps)
     tokenizer, plans = preview_plans(args.video_folder, args.tokenizer, args.num, settings)
@@ -168,11 +168,11 @@ def _data_preview(args) -> None:
 
 
 def _data_check(args) -> None:
-    from streamvln_model.arguments import resolve_argv
-    from streamvln_model.data.catalog import DataSettings, check_data
-    from streamvln_model.data.errors import DataValidationError
-    from streamvln_model.data.report import ValidationReport
-    from streamvln_model.tokenizer import cache_root
+    from streamvln_model.config.arguments import resolve_argv
+    from streamvln_model.data.validation.check import DataSettings, check_data
+    from streamvln_model.data.validation.errors import DataValidationError
+    from streamvln_model.data.validation.report import ValidationReport
+    from streamvln_model.model.tokenizer import cache_root
 
     arguments = resolve_argv(args.flags)
     settings = DataSettings.of(vars(arguments.data), vars(arguments.training), _frame_tokens(arguments))
@@ -189,8 +189,8 @@ def _data_check(args) -> None:
 
 def _frame_tokens(arguments) -> int | None:
     """Visual tokens per frame of the run's checkpoint (for the token estimate), when it is local."""
-    from streamvln_model.configuration import StreamVLNConfig
-    from streamvln_model.vision import frame_tokens
+    from streamvln_model.model.configuration import StreamVLNConfig
+    from streamvln_model.model.vision import frame_tokens
 
     checkpoint = arguments.model.model_name_or_path
     if not checkpoint or not (Path(checkpoint) / "config.json").is_file():
@@ -217,8 +217,8 @@ def _demo(args) -> None:
 
 def _train(args) -> None:
     from flows.presets import load_preset
-    from streamvln_model.data.errors import DataValidationError
-    from streamvln_model.preflight import PreflightError, preflight
+    from streamvln_model.config.preflight import PreflightError, preflight
+    from streamvln_model.data.validation.errors import DataValidationError
     from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest, request_arguments
 
     config, problems = load_preset(args.config)

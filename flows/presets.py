@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamvln_model.arguments import field_names, unknown_flags
-from streamvln_model.data.errors import DataValidationError
+from streamvln_model.config.arguments import field_names, unknown_flags
+from streamvln_model.data.validation.errors import DataValidationError
 from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest
 
 SECTIONS = ("request", "launch", "tracking")

@@ -16,10 +16,10 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field, SecretStr
 
 from flows.presets import with_preset
-from streamvln_model.data.store import index_exists
-from streamvln_model.registry import is_registry_uri
-from streamvln_model.secrets import split_secrets
-from streamvln_model.tokenizer import cache_root
+from streamvln_model.config.secrets import split_secrets
+from streamvln_model.data.index.folder import index_exists
+from streamvln_model.model.tokenizer import cache_root
+from streamvln_model.registry.models import is_registry_uri
 from tasks.arguments import resolve_arguments
 from tasks.data import build_data_module, data_settings
 from tasks.environment import setup_environment

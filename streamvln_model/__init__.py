@@ -8,9 +8,9 @@ import logging
 # warning does not precede every CLI error message.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from .configuration import StreamVLNConfig  # noqa: E402
-from .constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX  # noqa: E402
-from .modeling import StreamVLNForCausalLM  # noqa: E402
+from streamvln_model.model.configuration import StreamVLNConfig  # noqa: E402
+from streamvln_model.model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, MEMORY_TOKEN_INDEX  # noqa: E402
+from streamvln_model.model.modeling import StreamVLNForCausalLM  # noqa: E402
 
 __all__ = [
     "IGNORE_INDEX",

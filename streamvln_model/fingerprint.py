@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .data import storage
+from streamvln_model.data import locations as storage
 
 CONTENT_LIMIT = 64 * 1024 * 1024
 

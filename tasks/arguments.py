@@ -6,9 +6,9 @@ use, so a run triggered from the UI reports exactly the problems the command lin
 
 from __future__ import annotations
 
-from streamvln_model.arguments import as_data
-from streamvln_model.preflight import PreflightError, argument_problems
-from streamvln_model.secrets import split_secrets
+from streamvln_model.config.arguments import as_data
+from streamvln_model.config.preflight import PreflightError, argument_problems
+from streamvln_model.config.secrets import split_secrets
 from tasks.caching import planning_task
 from tasks.parameters import TrainRequest, request_arguments
 from tasks.types import ResolvedArguments

@@ -16,12 +16,12 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from streamvln_model.data import storage
-from streamvln_model.data.catalog import DataSettings, check_data
-from streamvln_model.data.errors import DataValidationError
-from streamvln_model.data.mixture import read_mixture
-from streamvln_model.data.report import ValidationReport
-from streamvln_model.data.store import index_folder, read_manifest, write_index
+from streamvln_model.data import locations as storage
+from streamvln_model.data.formats.mixture import read_mixture
+from streamvln_model.data.index.folder import index_folder, read_manifest, write_index
+from streamvln_model.data.validation.check import DataSettings, check_data
+from streamvln_model.data.validation.errors import DataValidationError
+from streamvln_model.data.validation.report import ValidationReport
 from tasks.caching import planning_task
 from tasks.types import DataPlan, ResolvedArguments, VisionPlan
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from streamvln_model.arguments import Arguments
-from streamvln_model.precision import weight_dtype
-from streamvln_model.preflight import PreflightError, machine_plan
-from streamvln_model.strategies import deepspeed_config_problems, read_deepspeed_config, strategy_name
+from streamvln_model.config.arguments import Arguments
+from streamvln_model.config.preflight import PreflightError, machine_plan
+from streamvln_model.config.strategies import deepspeed_config_problems, read_deepspeed_config, strategy_name
+from streamvln_model.model.precision import weight_dtype
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.parameters import LaunchConfig

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from streamvln_model.evaluate import check_heldout
-from streamvln_model.tokenizer import cache_root
+from streamvln_model.model.tokenizer import cache_root
+from streamvln_model.registry.heldout import check_heldout
 from tasks.caching import side_effect_task
 from tasks.training import TrainingFailed, run_streaming, worker_env
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from streamvln_model.builder import meta_model
-from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.freezing import apply_freezing, freezing_plan, trained_parts
-from streamvln_model.lora import planned_model
+from streamvln_model.model.builder import meta_model
+from streamvln_model.model.configuration import StreamVLNConfig
+from streamvln_model.model.freezing import apply_freezing, freezing_plan, trained_parts
+from streamvln_model.model.lora import planned_model
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import GradientPlan, ModelPlan, ResolvedArguments

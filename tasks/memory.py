@@ -12,9 +12,9 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.memory_plan import GIB, MemoryReport, plan_memory
-from streamvln_model.preflight import PreflightError
+from streamvln_model.config.preflight import PreflightError
+from streamvln_model.model.configuration import StreamVLNConfig
+from streamvln_model.training.memory_plan import GIB, MemoryReport, plan_memory
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import EnvironmentPlan, MemoryPlan, ModelPlan, ResolvedArguments

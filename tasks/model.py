@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from streamvln_model.arguments import Arguments, resolve_flags
-from streamvln_model.builder import meta_model, model_config
-from streamvln_model.preflight import PreflightError, checkpoint_report
+from streamvln_model.config.arguments import Arguments, resolve_flags
+from streamvln_model.config.preflight import PreflightError, checkpoint_report
+from streamvln_model.model.builder import meta_model, model_config
 from tasks.caching import planning_task, side_effect_task
 from tasks.parameters import TrainRequest
 from tasks.types import ModelPlan, ResolvedArguments
@@ -52,7 +52,7 @@ def fetch_model(request: TrainRequest) -> tuple[TrainRequest, str | None]:
     """
     import mlflow
 
-    from streamvln_model.registry import (
+    from streamvln_model.registry.models import (
         is_registry_uri,
         parse_model_uri,
         resolve_model,

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 
-from streamvln_model.arguments import Arguments, default_of, help_of, resolve_flags
-from streamvln_model.secrets import is_secret, split_secrets
+from streamvln_model.config.arguments import Arguments, default_of, help_of, resolve_flags
+from streamvln_model.config.secrets import is_secret, split_secrets
 
 # The choices transformers accepts (transformers.trainer_utils), offered by the form.
 SCHEDULERS = tuple(choice.value for choice in SchedulerType)

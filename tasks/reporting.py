@@ -31,7 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from streamvln_model.secrets import mask_secrets
+from streamvln_model.config.secrets import mask_secrets
 
 MLFLOW_RUN_KEY = "mlflow-run"
 LOSS_CURVE_KEY = "loss-curve"

@@ -19,7 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 
-from streamvln_model.run_folder import (
+from streamvln_model.training.run_folder import (
     FolderLock,
     RunRecord,
     find_folder,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import mlflow
 from prefect import get_run_logger
 
-from streamvln_model.mlflow_model import log_checkpoint_model
-from streamvln_model.saving import check_saved_files
+from streamvln_model.checkpoint.saving import check_saved_files
+from streamvln_model.registry.pyfunc import log_checkpoint_model
 from tasks.caching import side_effect_task
 from tasks.parameters import TrackingConfig
 from tasks.reporting import record_version_lineage

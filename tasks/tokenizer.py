@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streamvln_model.arguments import ModelArguments
-from streamvln_model.builder import load_prepared_tokenizer, tokenizer_path
-from streamvln_model.preflight import PreflightError, tokenizer_problems
+from streamvln_model.config.arguments import ModelArguments
+from streamvln_model.config.preflight import PreflightError, tokenizer_problems
+from streamvln_model.model.builder import load_prepared_tokenizer, tokenizer_path
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import ResolvedArguments, TokenizerPlan

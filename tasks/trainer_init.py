@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from streamvln_model.files import write_text_atomically
-from streamvln_model.trainer import resume_checkpoint
+from streamvln_model.training.trainer import resume_checkpoint
 from tasks.caching import side_effect_task
 from tasks.parameters import LaunchConfig
 from tasks.types import (

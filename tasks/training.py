@@ -33,7 +33,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import SecretStr
 
-from streamvln_model.trainer import PROGRESS_PREFIX, resume_checkpoint
+from streamvln_model.training.trainer import PROGRESS_PREFIX, resume_checkpoint
 from tasks.caching import side_effect_task
 from tasks.types import TrainerPlan, TrainResult
 

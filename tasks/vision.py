@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.vision import frame_tokens, resolve_vision_config
+from streamvln_model.model.configuration import StreamVLNConfig
+from streamvln_model.model.vision import frame_tokens, resolve_vision_config
 from tasks.caching import planning_task
 from tasks.types import ModelPlan, VisionPlan
 

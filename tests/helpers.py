@@ -112,7 +112,7 @@ def use_moto_s3(patch, moto_s3, cache: Path) -> None:
     """The environment a job sets for S3, pointed at the moto server (`patch`: a
     pytest.MonkeyPatch); `cache` is the read-through cache. The flow and its torchrun workers
     inherit it."""
-    from streamvln_model.data import storage
+    from streamvln_model.data import locations as storage
 
     patch.setenv("AWS_ACCESS_KEY_ID", moto_s3.key)
     patch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3.secret)
@@ -152,7 +152,7 @@ def run_failing_flow(request, plan_root: Path, failing_stage: str = "data-module
     was written to output_dir (train.log and plan.json appear once torchrun would start), the
     failing stage is the last task that ran. Returns (error, task name -> state names).
     """
-    from streamvln_model.data.errors import DataValidationError
+    from streamvln_model.data.validation.errors import DataValidationError
 
     state = _cpu_flow_state(request, plan_root, plan_only=False)
     assert state.is_failed(), state

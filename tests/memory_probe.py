@@ -85,20 +85,20 @@ def main() -> None:
     parser.add_argument("--deepspeed", default=None)
     args = parser.parse_args()
 
-    from streamvln_model.arguments import TrainingArguments
-    from streamvln_model.conversation import prepare_tokenizer
-    from streamvln_model.data.annotations import load_episodes
-    from streamvln_model.data.collator import DataCollatorForNavigation
-    from streamvln_model.data.index import build_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset
-    from streamvln_model.freezing import FreezingPlan, apply_freezing
-    from streamvln_model.modeling import StreamVLNForCausalLM
-    from streamvln_model.strategies import shut_down_process_group
+    from streamvln_model.config.arguments import TrainingArguments
+    from streamvln_model.config.strategies import shut_down_process_group
+    from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
+    from streamvln_model.data.formats.annotations import load_episodes
+    from streamvln_model.data.index.tables import build_index
+    from streamvln_model.model.conversation import prepare_tokenizer
+    from streamvln_model.model.freezing import FreezingPlan, apply_freezing
+    from streamvln_model.model.modeling import StreamVLNForCausalLM
+    from streamvln_model.model.tokenizer import load_tokenizer
+    from streamvln_model.model.vision import build_image_processor, resolve_vision_config
     from streamvln_model.synthetic.checkpoint import preset_config
-    from streamvln_model.tokenizer import load_tokenizer
-    from streamvln_model.train import freeze_never_used
-    from streamvln_model.trainer import StreamVLNTrainer
-    from streamvln_model.vision import build_image_processor, resolve_vision_config
+    from streamvln_model.training.trainer import StreamVLNTrainer
+    from streamvln_model.training.worker import freeze_never_used
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     training_args = TrainingArguments(

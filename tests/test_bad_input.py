@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.errors import DataValidationError
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.validation.errors import DataValidationError
 from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import write_checkpoint
 from tests.helpers import copy_dataset, read_annotations, run_failing_flow, tiny_request, write_annotations

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers.trainer_utils import get_last_checkpoint
 
-from streamvln_model.arguments import TrainingArguments
-from streamvln_model.trainer import STAGING_DIR, StreamVLNTrainer, resume_checkpoint
+from streamvln_model.config.arguments import TrainingArguments
+from streamvln_model.training.trainer import STAGING_DIR, StreamVLNTrainer, resume_checkpoint
 
 
 class Regression(nn.Module):

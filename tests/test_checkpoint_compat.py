@@ -24,9 +24,7 @@ import pytest
 import torch
 
 from streamvln_model import StreamVLNConfig, StreamVLNForCausalLM
-from streamvln_model.arguments import TrainingArguments
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.saving import (
+from streamvln_model.checkpoint.saving import (
     TOWER_DIRNAME,
     SavedModelError,
     check_saved_files,
@@ -35,10 +33,12 @@ from streamvln_model.saving import (
     save_trained_model,
     verify_saved_model,
 )
+from streamvln_model.config.arguments import TrainingArguments
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor, resolve_vision_config
 from streamvln_model.synthetic.checkpoint import preset_config
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.trainer import StreamVLNTrainer
-from streamvln_model.vision import build_image_processor, resolve_vision_config
+from streamvln_model.training.trainer import StreamVLNTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_IDS = [9707, 11, 1052, 374, 264, 6006, 13, 151644, 872, 198, 27737, 311, 279, 6006, 151645, 198]

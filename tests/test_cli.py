@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from streamvln_model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from streamvln_model.model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from tasks.training import LAUNCHER_FAILED, root_cause
 from tests.helpers import copy_dataset, read_annotations
 

@@ -19,10 +19,9 @@ import pytest
 from PIL import Image
 from transformers import SiglipVisionConfig
 
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.data import mmc4, scanqa, video_qa
-from streamvln_model.data.combined import CoTrainingSettings
-from streamvln_model.data.video import (
+from streamvln_model.data.datasets.combined import CoTrainingSettings
+from streamvln_model.data.formats import mmc4, scanqa, video_qa
+from streamvln_model.data.media.video import (
     VideoError,
     VideoInfo,
     order_frame_folder,
@@ -31,8 +30,9 @@ from streamvln_model.data.video import (
     time_instruction,
     video_frame_indices,
 )
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import build_image_processor
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor
 
 IMAGE, IGNORE = -200, -100
 IM_START, IM_END, NEWLINE, ASSISTANT = 151644, 151645, 198, 77091
@@ -406,7 +406,7 @@ def test_mmc4_keeps_the_first_six_images_and_checks_their_sentences(tmp_path):
 
 
 def test_settings_from_the_argument_schema_and_their_problems():
-    from streamvln_model.arguments import DataArguments
+    from streamvln_model.config.arguments import DataArguments
 
     defaults = CoTrainingSettings.from_arguments(DataArguments())
     assert defaults == CoTrainingSettings(0, False, False, 1.0, 32)

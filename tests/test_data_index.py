@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.catalog import DataSettings, check_data
-from streamvln_model.data.errors import DataValidationError
-from streamvln_model.data.index import build_index, leading_turns
-from streamvln_model.data.store import index_folder, open_index, write_index
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.folder import index_folder, open_index, write_index
+from streamvln_model.data.index.tables import build_index, leading_turns
+from streamvln_model.data.validation.check import DataSettings, check_data
+from streamvln_model.data.validation.errors import DataValidationError
 from tests.helpers import copy_dataset, read_annotations, write_annotations
 
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor, resolve_vision_config
 from streamvln_model.synthetic.checkpoint import preset_config
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import build_image_processor, resolve_vision_config
 
 F, H, K = 32, 8, 4  # num_frames, num_history, num_future_steps (the paper's settings)
 IMAGE, MEMORY, IGNORE = -200, -300, -100

@@ -235,7 +235,7 @@ def test_zero2_run_stopped_after_checkpoint_2_resumes_to_the_same_losses(
 
 # --- Refused combinations: before anything loads ------------------------------------------------
 def _arguments(tmp_path: Path, checkpoint: Path, data: Path, **flags):
-    from streamvln_model.arguments import resolve_flags
+    from streamvln_model.config.arguments import resolve_flags
 
     return resolve_flags(
         {
@@ -256,9 +256,9 @@ def _arguments(tmp_path: Path, checkpoint: Path, data: Path, **flags):
 def test_preflight_refuses_deepspeed_with_fsdp_and_configs_that_cannot_save(
     tiny_checkpoint, synthetic_data, tmp_path
 ):
-    from streamvln_model.data.errors import DataValidationError
-    from streamvln_model.preflight import argument_problems, machine_plan
-    from streamvln_model.strategies import deepspeed_config_problems
+    from streamvln_model.config.preflight import argument_problems, machine_plan
+    from streamvln_model.config.strategies import deepspeed_config_problems
+    from streamvln_model.data.validation.errors import DataValidationError
 
     both = _arguments(tmp_path, tiny_checkpoint, synthetic_data, deepspeed=ZERO2, fsdp=True)
     problems = machine_plan(both, "cpu", 2).problems
@@ -298,7 +298,7 @@ def test_preflight_refuses_deepspeed_with_fsdp_and_configs_that_cannot_save(
 def test_preflight_refuses_deepspeed_without_the_package(
     tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
 ):
-    from streamvln_model.preflight import machine_plan
+    from streamvln_model.config.preflight import machine_plan
 
     arguments = _arguments(tmp_path, tiny_checkpoint, synthetic_data, deepspeed=ZERO2)
     real = importlib.util.find_spec

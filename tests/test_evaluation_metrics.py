@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamvln_model.constants import ACTION_FORWARD, ACTION_LEFT, ACTION_RIGHT, ACTION_STOP, IGNORE_INDEX
-from streamvln_model.conversation import prepare_tokenizer, tokenize_conversation
-from streamvln_model.data.prompts import navigation_conversation
-from streamvln_model.evaluate import SceneOverlapError, check_heldout, scene_of
-from streamvln_model.evaluation import (
+from streamvln_model.data.formats.prompts import navigation_conversation
+from streamvln_model.model.constants import (
+    ACTION_FORWARD,
+    ACTION_LEFT,
+    ACTION_RIGHT,
+    ACTION_STOP,
+    IGNORE_INDEX,
+)
+from streamvln_model.model.conversation import prepare_tokenizer, tokenize_conversation
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.registry.heldout import SceneOverlapError, check_heldout, scene_of
+from streamvln_model.registry.scores import (
     ScoreTally,
     action_accuracy,
     action_token_ids,
@@ -28,7 +35,6 @@ from streamvln_model.evaluation import (
     turn_spans,
 )
 from streamvln_model.synthetic import write_trajectories
-from streamvln_model.tokenizer import load_tokenizer
 
 UP, LEFT, RIGHT, STOP = ACTION_FORWARD, ACTION_LEFT, ACTION_RIGHT, ACTION_STOP
 
@@ -110,11 +116,11 @@ def test_padding_makes_no_turn(tokenizer):
 
 def test_real_tiny_model_scores_count_every_turn(tiny_checkpoint, synthetic_data):
     from streamvln_model import StreamVLNForCausalLM
-    from streamvln_model.data.annotations import load_episodes
-    from streamvln_model.data.collator import DataCollatorForNavigation
-    from streamvln_model.data.index import build_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset
-    from streamvln_model.vision import build_image_processor
+    from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
+    from streamvln_model.data.formats.annotations import load_episodes
+    from streamvln_model.data.index.tables import build_index
+    from streamvln_model.model.vision import build_image_processor
 
     model = StreamVLNForCausalLM.from_pretrained(tiny_checkpoint).eval()
     tok = load_tokenizer(tiny_checkpoint)

@@ -23,7 +23,7 @@ import psutil
 import pytest
 from transformers import TrainerState
 
-from streamvln_model.trainer import STAGING_DIR, MlflowRunCallback
+from streamvln_model.training.trainer import STAGING_DIR, MlflowRunCallback
 from tasks.training import (
     PROGRESS_KEY,
     ProgressBoard,

@@ -20,8 +20,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from streamvln_model import mlflow_model
-from streamvln_model.saving import TOWER_DIRNAME
+from streamvln_model.checkpoint.saving import TOWER_DIRNAME
+from streamvln_model.registry import pyfunc as mlflow_model
 from tests.helpers import service_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

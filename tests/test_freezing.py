@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.arguments import ModelArguments, TrainingArguments
-from streamvln_model.builder import load_prepared_tokenizer, meta_model
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
-from streamvln_model.freezing import (
+from streamvln_model.config.arguments import ModelArguments, TrainingArguments
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.builder import load_prepared_tokenizer, meta_model
+from streamvln_model.model.freezing import (
     apply_freezing,
     freezing_plan,
     no_trainable_problem,
@@ -26,7 +26,7 @@ from streamvln_model.freezing import (
     trainable_names,
     trained_parts,
 )
-from streamvln_model.vision import build_image_processor
+from streamvln_model.model.vision import build_image_processor
 
 TOWER, PROJECTOR, DECODER, HEAD, NEWLINE = "tower", "projector", "decoder", "lm_head", "newline"
 ALL = (TOWER, PROJECTOR, DECODER, HEAD, NEWLINE)

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
-from streamvln_model.data import augmentation as aug
-from streamvln_model.data.images import load_rgb, preprocess_frames, preprocess_images
-from streamvln_model.vision import build_image_processor
+from streamvln_model.data.media import augmentation as aug
+from streamvln_model.data.media.images import load_rgb, preprocess_frames, preprocess_images
+from streamvln_model.model.vision import build_image_processor
 
 # Values lie in [-1, 1]: one float32 ulp near 1 is 2**-23; one pixel level is 2/255.
 FLOAT32_ROUNDING = 2.5e-7

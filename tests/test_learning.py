@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.arguments import ModelArguments
-from streamvln_model.builder import load_prepared_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
-from streamvln_model.evaluation import action_accuracy
-from streamvln_model.inference import NavigationPolicy, parse_actions
+from streamvln_model.config.arguments import ModelArguments
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.builder import load_prepared_tokenizer
+from streamvln_model.registry.inference import NavigationPolicy, parse_actions
+from streamvln_model.registry.scores import action_accuracy
 from tests.test_promotion import trained_models
 
 

@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 
 from flows.train import streamvln_train
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.arguments import TrainingArguments, resolve_flags
-from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.loading import load_trained
-from streamvln_model.saving import check_saved_files, probe_inputs, probe_logits
+from streamvln_model.checkpoint.loading import load_trained
+from streamvln_model.checkpoint.saving import check_saved_files, probe_inputs, probe_logits
+from streamvln_model.config.arguments import TrainingArguments, resolve_flags
+from streamvln_model.model.configuration import StreamVLNConfig
 from tasks.parameters import LaunchConfig, TrackingConfig
 from tests.helpers import tiny_request
 
@@ -222,7 +222,7 @@ def test_projector_only_run_saves_only_the_projector(trained, tiny_checkpoint, s
 def test_lora_weight_path_starts_from_an_earlier_adapter(trained, tiny_checkpoint, tmp_path):
     from peft import get_peft_model_state_dict
 
-    from streamvln_model.lora import apply_lora
+    from streamvln_model.model.lora import apply_lora
 
     _, out = trained("lora")
     args = TrainingArguments(
@@ -248,7 +248,7 @@ def _groups_by_name(optimizer, model) -> dict[str, dict]:
 
 
 def _trainer(model, tmp_path: Path, **lrs):
-    from streamvln_model.trainer import StreamVLNTrainer
+    from streamvln_model.training.trainer import StreamVLNTrainer
 
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -293,7 +293,7 @@ def test_optimizer_without_module_lrs_is_the_trainers_default(every_parameter_tr
 
 
 def test_optimizer_groups_with_lora(tiny_checkpoint, tmp_path):
-    from streamvln_model.lora import apply_lora
+    from streamvln_model.model.lora import apply_lora
 
     args = TrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to=["none"], lora_enable=True, lora_r=4
@@ -312,7 +312,7 @@ def test_optimizer_groups_with_lora(tiny_checkpoint, tmp_path):
 # --- Preflight and planning ----------------------------------------------------------------------
 def _problems(checkpoint: Path, tmp_path: Path, **flags) -> list[str]:
     """What preflight reports from the flags and for a CPU launch (no weights are read)."""
-    from streamvln_model.preflight import argument_problems, machine_plan
+    from streamvln_model.config.preflight import argument_problems, machine_plan
 
     base = {
         "model_name_or_path": str(checkpoint), "video_folder": str(tmp_path), "output_dir": str(tmp_path),
@@ -355,8 +355,8 @@ def test_preflight_names_the_flags_of_combinations_that_cannot_train(tiny_checkp
 
 
 def test_preflight_refuses_bits_without_bitsandbytes(tiny_checkpoint, tmp_path, monkeypatch):
-    from streamvln_model import lora
-    from streamvln_model.preflight import machine_plan
+    from streamvln_model.config.preflight import machine_plan
+    from streamvln_model.model import lora
 
     monkeypatch.setattr(lora, "bitsandbytes_missing", lambda: True)
     arguments = resolve_flags(
@@ -369,10 +369,10 @@ def test_preflight_refuses_bits_without_bitsandbytes(tiny_checkpoint, tmp_path, 
 
 
 def test_planning_counts_lora_layers_and_the_legacy_flags_keep_published_lora_semantics(tiny_checkpoint):
-    from streamvln_model.builder import meta_model
-    from streamvln_model.freezing import apply_freezing, freezing_plan, trainable_names
-    from streamvln_model.lora import planned_model
-    from streamvln_model.preflight import checkpoint_report
+    from streamvln_model.config.preflight import checkpoint_report
+    from streamvln_model.model.builder import meta_model
+    from streamvln_model.model.freezing import apply_freezing, freezing_plan, trainable_names
+    from streamvln_model.model.lora import planned_model
 
     def plan(**flags):
         recipe = {"version": "qwen_1_5", "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2}
@@ -401,8 +401,8 @@ def test_planning_counts_lora_layers_and_the_legacy_flags_keep_published_lora_se
 
 def test_a_lora_checkpoint_keeps_the_other_trained_weights_for_resume(tiny_checkpoint, tmp_path):
     """peft puts only the adapter into checkpoint-N; the projector must come back on resume too."""
-    from streamvln_model.lora import apply_lora
-    from streamvln_model.trainer import StreamVLNTrainer
+    from streamvln_model.model.lora import apply_lora
+    from streamvln_model.training.trainer import StreamVLNTrainer
 
     args = TrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to=["none"], lora_enable=True, lora_r=4

@@ -21,14 +21,14 @@ from torch.nn import functional as F
 from torch.utils.data import Subset
 from transformers import TrainerCallback
 
-from streamvln_model.arguments import DataArguments, ModelArguments, TrainingArguments
-from streamvln_model.builder import load_model, load_prepared_tokenizer
-from streamvln_model.constants import IGNORE_INDEX
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.index import build_index
-from streamvln_model.train import make_supervised_data_module
-from streamvln_model.trainer import StreamVLNTrainer
-from streamvln_model.vision import build_image_processor
+from streamvln_model.config.arguments import DataArguments, ModelArguments, TrainingArguments
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.builder import load_model, load_prepared_tokenizer
+from streamvln_model.model.constants import IGNORE_INDEX
+from streamvln_model.model.vision import build_image_processor
+from streamvln_model.training.trainer import StreamVLNTrainer
+from streamvln_model.training.worker import make_supervised_data_module
 
 # Our TrainingArguments is built directly here, not through arguments.parser() which silences this.
 pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")

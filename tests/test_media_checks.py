@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from streamvln_model.data.media_checks import IMAGE, VIDEO, MediaResult, check_media
-from streamvln_model.data.records import Problem
+from streamvln_model.data.validation.media_checks import IMAGE, VIDEO, MediaResult, check_media
+from streamvln_model.data.validation.records import Problem
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,10 +27,11 @@ import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
-from streamvln_model.builder import meta_model
-from streamvln_model.configuration import StreamVLNConfig
-from streamvln_model.freezing import FreezingPlan
-from streamvln_model.memory_plan import (
+from streamvln_model.model.builder import meta_model
+from streamvln_model.model.configuration import StreamVLNConfig
+from streamvln_model.model.freezing import FreezingPlan
+from streamvln_model.synthetic.checkpoint import preset_config
+from streamvln_model.training.memory_plan import (
     GIB,
     Precision,
     Strategy,
@@ -43,7 +44,6 @@ from streamvln_model.memory_plan import (
     strategy_of,
     usable_bytes,
 )
-from streamvln_model.synthetic.checkpoint import preset_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE = REPO_ROOT / "tests" / "memory_probe.py"
@@ -219,15 +219,15 @@ def test_encoder_layer_formula_matches_saved_tensors() -> None:
 def test_whole_model_activations_on_a_real_batch(probe_data) -> None:
     """The tiny model (tower, projector, LLM, labelled-positions loss) on two samples with history;
     the template's text and label counts stay within the plan's per-turn estimates."""
-    from streamvln_model.conversation import prepare_tokenizer
-    from streamvln_model.data.annotations import load_episodes
-    from streamvln_model.data.collator import DataCollatorForNavigation
-    from streamvln_model.data.index import build_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset
-    from streamvln_model.memory_plan import LABEL_TOKENS_PER_TURN, TEXT_BASE_TOKENS, TURN_TOKENS
-    from streamvln_model.modeling import StreamVLNForCausalLM
-    from streamvln_model.tokenizer import load_tokenizer
-    from streamvln_model.vision import build_image_processor, resolve_vision_config
+    from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
+    from streamvln_model.data.formats.annotations import load_episodes
+    from streamvln_model.data.index.tables import build_index
+    from streamvln_model.model.conversation import prepare_tokenizer
+    from streamvln_model.model.modeling import StreamVLNForCausalLM
+    from streamvln_model.model.tokenizer import load_tokenizer
+    from streamvln_model.model.vision import build_image_processor, resolve_vision_config
+    from streamvln_model.training.memory_plan import LABEL_TOKENS_PER_TURN, TEXT_BASE_TOKENS, TURN_TOKENS
 
     config = preset_config("tiny")
     tokenizer = load_tokenizer()
@@ -339,8 +339,8 @@ def test_7b_on_8x80gb_ddp_does_not_fit_and_zero2_does(checkpoint_7b) -> None:
       LLM 28·2·s·b·h + one layer sb(8h + 2(6h + 2h + 4I)) + mask 2bs² + final norm + loss,
       tower 26·2·(32·729)·1152 + one layer + pixels, projector 2·32·729·(1152 + 2·3584) ≈ 6.1e9 B.
     """
-    from streamvln_model.arguments import resolve_flags
-    from streamvln_model.memory_plan import memory_problems, plan_memory
+    from streamvln_model.config.arguments import resolve_flags
+    from streamvln_model.training.memory_plan import memory_problems, plan_memory
 
     psi, psi_t = 8_030_345_248, 8_030_345_248 - 2_304
     ddp = plan_memory(resolve_flags(flags_7b(checkpoint_7b)), world_size=8)
@@ -489,8 +489,8 @@ def tiny_flags(checkpoint: Path, data: Path, tmp_path: Path, **over) -> dict:
 
 
 def test_preflight_refuses_a_run_that_cannot_fit(tiny_checkpoint, synthetic_data, tmp_path) -> None:
-    from streamvln_model.arguments import resolve_flags
-    from streamvln_model.preflight import PreflightError, preflight
+    from streamvln_model.config.arguments import resolve_flags
+    from streamvln_model.config.preflight import PreflightError, preflight
 
     with pytest.raises(PreflightError) as refused:
         preflight(

@@ -15,8 +15,8 @@ import pytest
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, Dataset
 
-from streamvln_model.data.combined import CombinedDataset, GroupByTaskSampler, megabatch_size
-from streamvln_model.data.mixture import MixtureEntry, read_mixture, select
+from streamvln_model.data.datasets.combined import CombinedDataset, GroupByTaskSampler, megabatch_size
+from streamvln_model.data.formats.mixture import MixtureEntry, read_mixture, select
 
 YAML = """
 QA_datasets:

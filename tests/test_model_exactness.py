@@ -18,19 +18,19 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, SiglipConfig, SiglipVisionConfig
 
 from streamvln_model import StreamVLNConfig, StreamVLNForCausalLM
-from streamvln_model.conversation import prepare_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
-from streamvln_model.synthetic.checkpoint import preset_config
-from streamvln_model.tokenizer import load_tokenizer
-from streamvln_model.vision import (
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.conversation import prepare_tokenizer
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import (
     KNOWN_TOWERS,
     build_image_processor,
     resolve_vision_config,
     tokens_per_frame,
 )
+from streamvln_model.synthetic.checkpoint import preset_config
 
 MEM, IMG, IGN = -300, -200, -100
 HIDDEN, VISION_HIDDEN, VOCAB = 32, 16, 1000

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.arguments import ModelArguments, TrainingArguments
-from streamvln_model.builder import load_prepared_tokenizer
-from streamvln_model.data.annotations import load_episodes
-from streamvln_model.data.collator import DataCollatorForNavigation
-from streamvln_model.data.index import build_index
-from streamvln_model.data.vln_dataset import VLNActionDataset
-from streamvln_model.precision import precision_notes, precision_problems, weight_dtype
-from streamvln_model.trainer import StreamVLNTrainer
-from streamvln_model.vision import build_image_processor
+from streamvln_model.config.arguments import ModelArguments, TrainingArguments
+from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+from streamvln_model.data.datasets.navigation import VLNActionDataset
+from streamvln_model.data.formats.annotations import load_episodes
+from streamvln_model.data.index.tables import build_index
+from streamvln_model.model.builder import load_prepared_tokenizer
+from streamvln_model.model.precision import precision_notes, precision_problems, weight_dtype
+from streamvln_model.model.vision import build_image_processor
+from streamvln_model.training.trainer import StreamVLNTrainer
 
 
 def training_args(tmp_path, **flags) -> TrainingArguments:

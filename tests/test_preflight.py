@@ -223,7 +223,7 @@ def test_the_flow_model_stage_refuses_it_with_the_same_message(
 
 def test_worker_plan_mismatch_is_refused(tmp_path):
     """A plan whose recorded resolution differs from what this worker resolves is not trained."""
-    from streamvln_model.train import load_plan_arguments
+    from streamvln_model.training.worker import load_plan_arguments
 
     plan = {
         "flags": {"model_name_or_path": "x", "output_dir": str(tmp_path), "learning_rate": 1e-3},
@@ -238,8 +238,8 @@ def test_worker_plan_mismatch_is_refused(tmp_path):
 
 def test_flash_attention_is_substituted_as_a_default_and_refused_when_asked_for():
     """The published default falls back to sdpa on this CPU host; an explicit request fails in preflight."""
-    from streamvln_model.arguments import resolve_argv, resolve_flags
-    from streamvln_model.preflight import machine_plan
+    from streamvln_model.config.arguments import resolve_argv, resolve_flags
+    from streamvln_model.config.preflight import machine_plan
 
     default = machine_plan(resolve_flags({"output_dir": "out"}), "cpu")
     assert default.worker_flags["attn_implementation"] == "sdpa" and default.problems == []

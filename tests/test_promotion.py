@@ -25,8 +25,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from streamvln_model.mlflow_model import log_checkpoint_model
-from streamvln_model.registry import champion, promote, version_uri
+from streamvln_model.registry.models import champion, promote, version_uri
+from streamvln_model.registry.pyfunc import log_checkpoint_model
 
 pytestmark = pytest.mark.slow  # two tiny trainings (shared with tests/test_pull.py)
 
@@ -70,7 +70,7 @@ def _shuffled_copy(source: Path, target: Path) -> Path:
 
 
 def _train(checkpoint: Path, data: str, out: Path) -> Path:
-    from streamvln_model.train import train
+    from streamvln_model.training.worker import train
 
     train([
         "--model_name_or_path", str(checkpoint), "--video_folder", data, "--output_dir", str(out),
@@ -143,7 +143,7 @@ def registry(mlflow_server, tiny_checkpoint):
 
 
 def test_only_a_better_version_takes_the_alias(registry, mlflow_server, tiny_checkpoint, tmp_path):
-    from streamvln_model.evaluate import evaluate_models
+    from streamvln_model.registry.heldout import evaluate_models
 
     client, models = registry
     untrained = register_version(client, MODEL_NAME, tiny_checkpoint, models.train)

@@ -19,9 +19,15 @@ from string import Template
 
 import pytest
 
-from streamvln_model.arguments import resolve_argv
-from streamvln_model.field_status import STATUS, declared_fields, field_problems, markdown_table, status_of
-from streamvln_model.train import PER_PROCESS_FIELDS
+from streamvln_model.config.arguments import resolve_argv
+from streamvln_model.config.field_status import (
+    STATUS,
+    declared_fields,
+    field_problems,
+    markdown_table,
+    status_of,
+)
+from streamvln_model.training.worker import PER_PROCESS_FIELDS
 from tests.conftest import REPO_ROOT
 
 STAGE_ONE = r"""
@@ -346,7 +352,7 @@ def test_every_field_has_one_state_and_the_docs_table_is_generated_from_them():
         assert status_of(name).state in ("implemented", "refused", "no_effect")
     assert set(STATUS) <= {name for _, name in declared_fields()}, "a status for a flag that does not exist"
     assert (REPO_ROOT / "docs" / "ARGUMENTS.md").read_text() == markdown_table(), (
-        "docs/ARGUMENTS.md is stale: python -m streamvln_model.field_status > docs/ARGUMENTS.md"
+        "docs/ARGUMENTS.md is stale: python -m streamvln_model.config.field_status > docs/ARGUMENTS.md"
     )
 
 
@@ -412,7 +418,7 @@ def _text(value) -> str:
 def test_shipped_preset_is_the_published_script(stage):
     """configs/<stage>.yaml resolves to the published values; each request line cites its script line."""
     from flows.presets import preset_parameters
-    from streamvln_model.arguments import as_data
+    from streamvln_model.config.arguments import as_data
     from tasks.parameters import TrainRequest, request_arguments
 
     path = REPO_ROOT / "configs" / f"{stage}.yaml"

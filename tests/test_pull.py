@@ -27,9 +27,9 @@ import pytest
 import torch
 from PIL import Image
 
-from streamvln_model import mlflow_model
-from streamvln_model.inference import NavigationPolicy, parse_actions
-from streamvln_model.registry import UnknownModelError, registry_key, resolve_model
+from streamvln_model.registry import pyfunc as mlflow_model
+from streamvln_model.registry.inference import NavigationPolicy, parse_actions
+from streamvln_model.registry.models import UnknownModelError, registry_key, resolve_model
 from tests.test_promotion import register_version, trained_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +129,9 @@ def test_pyfunc_in_a_fresh_process_answers_as_the_policy(registered, mlflow_serv
 
 @pytest.mark.slow  # uses the trained model of tests/test_promotion.py
 def test_policy_prompt_and_frames_are_the_training_sample(registered):
-    from streamvln_model.data.annotations import load_episodes
-    from streamvln_model.data.index import build_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
+    from streamvln_model.data.formats.annotations import load_episodes
+    from streamvln_model.data.index.tables import build_index
 
     models, _ = registered
     policy = NavigationPolicy.from_pretrained(models.good)
@@ -194,7 +194,7 @@ def _module_imports(path: Path) -> set[str]:
 # The library modules the pyfunc loads (the rest of the package travels along unused).
 LOADED_MODULES = r"""
 import json, sys
-import streamvln_model.inference, streamvln_model.loading, streamvln_model.mlflow_model
+import streamvln_model.registry.inference, streamvln_model.checkpoint.loading, streamvln_model.registry.pyfunc
 print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "streamvln_model")))
 """
 

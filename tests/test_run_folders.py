@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from prefect.client.orchestration import get_client
 
-from streamvln_model.run_folder import (
+from streamvln_model.training.run_folder import (
     FolderLock,
     RunFolderError,
     RunRecord,
@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HOLD_LOCK = r"""
 import sys, time
-from streamvln_model.run_folder import FolderLock
+from streamvln_model.training.run_folder import FolderLock
 lock = FolderLock(sys.argv[1], {"flow_run_name": "brave-otter", "flow_run_id": "1234"}).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamvln_model.data import storage
+from streamvln_model.data import locations as storage
 from streamvln_model.fingerprint import fingerprint
 from tests.s3_requests import count_requests
 from tests.services import free_port
@@ -234,8 +234,8 @@ def test_data_index_on_s3_is_shared_and_mirrored_once(synthetic_data, moto_s3, s
     """An index written to an s3:// prefix (the flow's `index_root`) is complete only once its
     manifest lands, is reused by a second writer of the same key, and opens memory-mapped from
     a per-machine mirror fetched once."""
-    from streamvln_model.data.catalog import DataSettings, check_data
-    from streamvln_model.data.store import index_folder, open_index, write_index
+    from streamvln_model.data.index.folder import index_folder, open_index, write_index
+    from streamvln_model.data.validation.check import DataSettings, check_data
 
     bucket = f"index-{uuid.uuid4().hex[:12]}"
     moto_s3.fs().mkdir(bucket)

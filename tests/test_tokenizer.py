@@ -9,8 +9,8 @@ import pytest
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from streamvln_model import tokenizer as tokmod
-from streamvln_model.tokenizer import (
+from streamvln_model.model import tokenizer as tokmod
+from streamvln_model.model.tokenizer import (
     CACHE_ENV,
     QWEN2_PRETOKENIZE_PATTERN,
     QWEN2_SPECIAL_TOKENS,

@@ -21,7 +21,7 @@ from flows.demo import run_demo
 FRESH_PROCESS_LOGITS = r"""
 import json, sys, mlflow, torch
 from streamvln_model import StreamVLNForCausalLM
-from streamvln_model.mlflow_model import checkpoint_path
+from streamvln_model.registry.pyfunc import checkpoint_path
 mlflow.set_tracking_uri(sys.argv[1])
 local = mlflow.artifacts.download_artifacts(artifact_uri=sys.argv[2], dst_path=sys.argv[3])
 model = StreamVLNForCausalLM.from_pretrained(checkpoint_path(local)).eval()
@@ -61,13 +61,13 @@ def test_two_ranks_learn_and_every_step_reaches_mlflow(demo_result, mlflow_serve
 
 def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlflow_server, tmp_path):
     from streamvln_model import StreamVLNForCausalLM
-    from streamvln_model.arguments import ModelArguments
-    from streamvln_model.builder import load_prepared_tokenizer
-    from streamvln_model.data.annotations import load_episodes
-    from streamvln_model.data.collator import DataCollatorForNavigation
-    from streamvln_model.data.index import build_index
-    from streamvln_model.data.vln_dataset import VLNActionDataset
-    from streamvln_model.vision import build_image_processor
+    from streamvln_model.config.arguments import ModelArguments
+    from streamvln_model.data.datasets.collator import DataCollatorForNavigation
+    from streamvln_model.data.datasets.navigation import VLNActionDataset
+    from streamvln_model.data.formats.annotations import load_episodes
+    from streamvln_model.data.index.tables import build_index
+    from streamvln_model.model.builder import load_prepared_tokenizer
+    from streamvln_model.model.vision import build_image_processor
 
     saved = Path(demo_result["output_dir"])
     model = StreamVLNForCausalLM.from_pretrained(saved).eval()

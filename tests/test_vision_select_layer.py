@@ -12,7 +12,7 @@ import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from streamvln_model import StreamVLNConfig, StreamVLNForCausalLM
-from streamvln_model.vision import SiglipTower, select_layer_problem, vision_select_problems
+from streamvln_model.model.vision import SiglipTower, select_layer_problem, vision_select_problems
 
 FULL_DEPTH = 4
 SIZES = {

@@ -1,1 +1,1 @@
-"""Navigation trajectory data: validation, the sample index, the dataset and its collator."""
+"""Training data: formats, validation, the sample index, media and the datasets the Trainer reads."""

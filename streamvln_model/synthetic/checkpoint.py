@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..configuration import StreamVLNConfig
-from ..modeling import StreamVLNForCausalLM
-from ..saving import save_checkpoint_folder
-from ..tokenizer import load_tokenizer
-from ..vision import build_image_processor, resolve_vision_config
+from streamvln_model.checkpoint.saving import save_checkpoint_folder
+from streamvln_model.model.configuration import StreamVLNConfig
+from streamvln_model.model.modeling import StreamVLNForCausalLM
+from streamvln_model.model.tokenizer import load_tokenizer
+from streamvln_model.model.vision import build_image_processor, resolve_vision_config
 
 QWEN2_PADDED_VOCAB = 151936  # Qwen2 embedding rows (tokenizer has 151,665 ids; the rest is padding)
 

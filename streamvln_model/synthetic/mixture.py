@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..data import storage
-from ..files import write_text_atomically
-from .common import check_seed, check_size, dataset_folder
-from .mmc4 import IMAGES_DIR, MMC4Summary, write_mmc4
-from .scanqa import ScanQASummary, write_scanqa
-from .trajectories import TrajectorySummary, write_trajectories
-from .video_qa import VideoQASummary, write_video_qa
+from streamvln_model.data import locations as storage
+from streamvln_model.files import write_text_atomically
+from streamvln_model.synthetic.common import check_seed, check_size, dataset_folder
+from streamvln_model.synthetic.mmc4 import IMAGES_DIR, MMC4Summary, write_mmc4
+from streamvln_model.synthetic.scanqa import ScanQASummary, write_scanqa
+from streamvln_model.synthetic.trajectories import TrajectorySummary, write_trajectories
+from streamvln_model.synthetic.video_qa import VideoQASummary, write_video_qa
 
 MIXTURE_YAML = "mixture.yaml"
 # The published stage-two script's folder names (data/trajectory_data/R2R, data/dagger_data/R2R,

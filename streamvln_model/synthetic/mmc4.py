@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_text_atomically
-from .common import (
+from streamvln_model.files import write_text_atomically
+from streamvln_model.synthetic.common import (
     COLOUR_NAMES,
     check_arguments,
     dataset_folder,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_json_atomically
-from .common import (
+from streamvln_model.files import write_json_atomically
+from streamvln_model.synthetic.common import (
     COLOUR_NAMES,
     COLOURS,
     add_noise,

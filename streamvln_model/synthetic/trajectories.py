@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streamvln_model.constants import (
+from streamvln_model.files import write_json_atomically
+from streamvln_model.model.constants import (
     ACTION_FORWARD,
     ACTION_LEFT,
     ACTION_RIGHT,
     ACTION_STOP,
     PLACEHOLDER_ACTION,
 )
-
-from ..files import write_json_atomically
-from .common import (
+from streamvln_model.synthetic.common import (
     RGB,
     add_noise,
     check_positive,

@@ -19,8 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..files import write_json_atomically
-from .common import (
+from streamvln_model.files import write_json_atomically
+from streamvln_model.synthetic.common import (
     COLOUR_NAMES,
     check_arguments,
     dataset_folder,

@@ -1,0 +1,1 @@
+"""The sample index: Arrow tables built once per content key, written atomically, memory-mapped by workers."""

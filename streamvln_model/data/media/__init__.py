@@ -1,0 +1,1 @@
+"""Frames and videos: ordering, decoding, SigLIP preprocessing and the published augmentation."""
