@@ -36,7 +36,8 @@ def _pull(args) -> None:
 
 def _training_folders(client, name: str, targets: list[str], given: str | None) -> str | None:
     """`--train-video-folder`, else the folders the compared versions' runs recorded."""
-    from streamvln_model.registry.models import parse_model_uri, training_folders
+    from streamvln_model.registry.models import parse_model_uri
+    from streamvln_model.registry.promotion import training_folders
 
     if given:
         return given
@@ -53,7 +54,8 @@ def _training_folders(client, name: str, targets: list[str], given: str | None) 
 
 def _promote(args) -> None:
     from streamvln_model.registry.heldout import SampleSettings, evaluate_models
-    from streamvln_model.registry.models import ModelRef, evaluation_targets, promote, resolve_version
+    from streamvln_model.registry.models import ModelRef, resolve_version
+    from streamvln_model.registry.promotion import evaluation_targets, promote
 
     client = _client(args)
     resolve_version(client, ModelRef(args.model_name, version=str(args.version)))  # exists? (exit 2)

@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 
 from flows.presets import with_preset
 from flows.train import default_plan_root, plan_run, streamvln_train
-from streamvln_model.registry.models import champion, evaluation_targets, is_registry_uri, version_uri
+from streamvln_model.registry.models import is_registry_uri, version_uri
+from streamvln_model.registry.promotion import champion, evaluation_targets
 from tasks.evaluation import DATA_FLAGS, evaluate_models
 from tasks.model import fetch_model
 from tasks.parameters import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlflow
 from prefect import get_run_logger
 
-from streamvln_model.registry.models import promote
+from streamvln_model.registry.promotion import promote
 from tasks.caching import side_effect_task
 
 

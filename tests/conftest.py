@@ -217,3 +217,16 @@ def finished_training(prefect_harness, mlflow_server, tiny_checkpoint, synthetic
         )
     mlflow.set_tracking_uri(previous)
     return result
+
+
+# --- Test tiers ----------------------------------------------------------------------------------
+# A test that uses one of these fixtures talks to a real server (or a training that did): it is
+# marked `services` here, so no module has to remember to. `scripts/test.sh --fast` runs what is
+# neither `services` nor `processes` (torchrun, the CLI or a flow in subprocesses) nor `slow`.
+SERVICE_FIXTURES = frozenset({"mlflow_server", "moto_s3", "prefect_harness", "finished_training"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.services)

@@ -25,7 +25,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from streamvln_model.registry.models import champion, promote, version_uri
+from streamvln_model.registry.models import version_uri
+from streamvln_model.registry.promotion import champion, promote
 from streamvln_model.registry.pyfunc import log_checkpoint_model
 
 pytestmark = pytest.mark.slow  # two tiny trainings (shared with tests/test_pull.py)
