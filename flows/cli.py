@@ -17,15 +17,18 @@ from typing import Any
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
+# The sample-shape flags (streamvln_model.config.sample_shape.SampleShape, not imported here: the
+# parser is built for every command, and the library's first import loads torch).
+SHAPE_FLAGS = ("num_frames", "num_history", "num_future_steps")
 
 
 def _synth_trajectories(args) -> None:
     from streamvln_model.synthetic import write_trajectories
 
+    shape = {"num_future_steps": args.num_future_steps} if args.num_future_steps else {}  # else StreamVLN's
     summary = write_trajectories(
         Path(args.out), episodes=args.episodes, min_steps=args.min_steps, max_steps=args.max_steps,
-        image_size=tuple(args.image_size), seed=args.seed, num_future_steps=args.num_future_steps,
-        overwrite=args.overwrite,
+        image_size=tuple(args.image_size), seed=args.seed, overwrite=args.overwrite, **shape,
     )  # fmt: skip
     print(f"wrote {summary.episodes} episodes, {summary.frames} frames to {summary.out}")
 
@@ -155,10 +158,24 @@ def _synth_checkpoint(args) -> None:
 
 
 def _data_preview(args) -> None:
-    from streamvln_model.data.preview import PreviewSettings, plan_record, preview_plans, render_plan
+    from flows.presets import command_arguments
+    from streamvln_model.config.sample_shape import SampleShape
+    from streamvln_model.data.preview import plan_record, preview_plans, render_plan
 
-    settings = PreviewSettings(args.num_frames, args.num_history, args.num_future_steps)
-    tokenizer, plans = preview_plans(args.video_folder, args.tokenizer, args.num, settings)
+    named = {name: getattr(args, name) for name in ("video_folder", *SampleShape.names())}
+    flags = [a for k, v in named.items() if v is not None for a in (f"--{k}", str(v))]
+    arguments = command_arguments(args.config, flags)
+    video_folder = arguments.data.video_folder
+    if not video_folder:
+        raise ValueError("--video_folder: give the trajectory folders, or a preset that names them")
+    model = arguments.model
+    tokenizer_path = args.tokenizer or model.tokenizer_name_or_path
+    if not tokenizer_path and "model_name_or_path" in arguments.given:
+        tokenizer_path = model.model_name_or_path
+    if not tokenizer_path:
+        raise ValueError("--tokenizer: give the tokenizer folder (e.g. the checkpoint), or a preset with one")
+    shape = SampleShape.from_arguments(arguments.data, arguments.given)
+    tokenizer, plans = preview_plans(video_folder, tokenizer_path, args.num, shape)
     for plan in plans:
         print(
             json.dumps(plan_record(plan), ensure_ascii=False)
@@ -168,14 +185,23 @@ def _data_preview(args) -> None:
 
 
 def _data_check(args) -> None:
-    from streamvln_model.config.arguments import resolve_argv
+    from flows.presets import command_arguments
     from streamvln_model.data.validation.check import DataSettings, check_data
     from streamvln_model.data.validation.errors import DataValidationError
     from streamvln_model.data.validation.report import ValidationReport
     from streamvln_model.model.tokenizer import cache_root
 
-    arguments = resolve_argv(args.flags)
-    settings = DataSettings.of(vars(arguments.data), vars(arguments.training), _frame_tokens(arguments))
+    config, flags = _config_and_flags(args.flags)
+    args.config = config  # a YAML error names it
+    if config and Path(config).is_dir():
+        raise ValueError(f"{config}: a folder, not a preset. Fix: --video_folder {config}")
+    arguments = command_arguments(config, flags)
+    if not arguments.data.video_folder:
+        raise ValueError("--video_folder: give the trajectory folders, or a preset that names them")
+    # A shape flag neither the preset nor the command line names is StreamVLN's (SampleShape).
+    settings = DataSettings.of(
+        vars(arguments.data), vars(arguments.training), _frame_tokens(arguments), given=arguments.given
+    )
     try:
         check = check_data(
             settings, check_cache=cache_root() / "data" / "media-checks.sqlite", workers=args.workers
@@ -185,6 +211,17 @@ def _data_check(args) -> None:
             print(json.dumps(err.report) if args.json else ValidationReport(**err.report).markdown())
         raise
     print(json.dumps(check.report.to_dict()) if args.json else check.report.markdown())
+
+
+def _config_and_flags(rest: list[str]) -> tuple[str | None, list[str]]:
+    """(preset, training flags) of `data check [CONFIG.yaml] [--flag value ...]`.
+
+    The preset is the first word when it is no flag (a flag's value always follows its flag);
+    argparse cannot take it as a positional here, as it would take a flag's value for it.
+    """
+    if rest and not rest[0].startswith("-"):
+        return rest[0], rest[1:]
+    return None, rest
 
 
 def _frame_tokens(arguments) -> int | None:
@@ -216,13 +253,16 @@ def _demo(args) -> None:
 
 
 def _train(args) -> None:
-    from flows.presets import load_preset
+    from flows.presets import argv_flags, load_preset, with_flags
+    from streamvln_model.config.errors import InputError
     from streamvln_model.config.preflight import PreflightError, preflight
-    from streamvln_model.data.validation.errors import DataValidationError
     from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest, request_arguments
 
     config, problems = load_preset(args.config)
-    request = TrainRequest(**config.get("request", {}))
+    request_values = config.get("request", {})
+    if args.flags:  # published flags after CONFIG win over the preset's
+        request_values = with_flags(request_values, argv_flags(args.flags))
+    request = TrainRequest(**request_values)
     launch = LaunchConfig(**config.get("launch", {}))
     tracking = TrackingConfig(**config.get("tracking", {}))
     # Every preset, argument, machine, checkpoint and tokenizer problem at once, in seconds, before
@@ -235,7 +275,7 @@ def _train(args) -> None:
             world_size=launch.nproc_per_node * launch.nnodes,
             deepspeed=launch.deepspeed,
         )
-    except DataValidationError as err:  # unknown flags, or what preflight found
+    except InputError as err:  # unknown flags, or what preflight found
         problems += err.problems
     if problems:
         raise PreflightError(problems)
@@ -269,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     traj.add_argument("--max-steps", type=int, default=90)
     traj.add_argument("--image-size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
     traj.add_argument("--seed", type=int, default=0)
-    traj.add_argument("--num-future-steps", type=int, default=4)
+    traj.add_argument("--num-future-steps", type=int, help="default: StreamVLN's (config/sample_shape.py)")
     traj.add_argument("--overwrite", action="store_true")
     traj.set_defaults(run=_synth_trajectories)
     _add_cotraining_synth(synth)
@@ -283,27 +323,40 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="inspect training data").add_subparsers(
         dest="what", required=True
     )
-    preview = data.add_parser("preview", help="show what the model sees for a few samples")
-    preview.add_argument("--video_folder", required=True)
-    preview.add_argument("--tokenizer", required=True, help="tokenizer folder (e.g. the checkpoint)")
+    preview = data.add_parser(
+        "preview",
+        help="show what the model sees for a few samples",
+        description="Flags left unset come from CONFIG (a preset), else StreamVLN's sample shape.",
+    )
+    preview.add_argument("config", nargs="?", help="a preset (configs/*.yaml); the flags below win over it")
+    preview.add_argument("--video_folder", help="default: the preset's")
+    preview.add_argument("--tokenizer", help="tokenizer folder (default: the preset's checkpoint)")
     preview.add_argument("--num", type=int, default=3, help="samples to show; 0 = all")
     preview.add_argument("--json", action="store_true", help="one JSON object per line")
-    preview.add_argument("--num_frames", type=int, default=32)
-    preview.add_argument("--num_history", type=int, default=8)
-    preview.add_argument("--num_future_steps", type=int, default=4)
+    for name in SHAPE_FLAGS:
+        preview.add_argument(f"--{name}", type=int, help="default: the preset's, else StreamVLN's")
     preview.set_defaults(run=_data_preview)
     check = data.add_parser(
         "check",
         help="check every sample (annotations, text, paths, every image and video) and print the report",
-        description="Takes the training flags as the worker does (e.g. --video_folder, --data_path, "
-        "--multi_task_training True, --max_invalid_fraction, --model_name_or_path for token estimates). "
+        usage="streamvln data check [CONFIG.yaml] [--json] [--workers N] [--<training flag> VALUE ...]",
+        description="Takes a preset (configs/*.yaml) and/or the training flags as the worker does "
+        "(e.g. --video_folder, --data_path, --multi_task_training True, --max_invalid_fraction, "
+        "--model_name_or_path for token estimates); a flag wins over the preset. Sample-shape flags "
+        "neither names are StreamVLN's (streamvln_model/config/sample_shape.py). "
         "Exit 2 when the data is refused.",
     )
     check.add_argument("--json", action="store_true", help="the report as one JSON object")
     check.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     check.set_defaults(run=_data_check)
 
-    run = commands.add_parser("train", help="run the streamvln-train flow from a YAML config (see configs/)")
+    run = commands.add_parser(
+        "train",
+        help="run the streamvln-train flow from a YAML config (see configs/)",
+        usage="streamvln train CONFIG.yaml [--plan-only] [--resume-from R] [--json] [--<flag> VALUE ...]",
+        description="Published training flags after CONFIG (e.g. --video_folder s3://...) win over "
+        "the preset's.",
+    )
     run.add_argument("config")
     run.add_argument("--plan-only", action="store_true", help="validate and plan; do not train")
     run.add_argument(
@@ -358,7 +411,8 @@ def _original(err: BaseException) -> BaseException:
 def _refused_input(err: BaseException, args: argparse.Namespace) -> str | None:
     """The message for an exception that means bad input, or None for anything else (a bug).
 
-    ValueError covers pydantic's ValidationError and DataValidationError; OSError covers
+    ValueError covers pydantic's ValidationError and every InputError (FlagError,
+    DataValidationError, PreflightError: streamvln_model/config/errors.py); OSError covers
     FileNotFoundError and FileExistsError; Prefect refuses flow parameters of the wrong type
     with its own exceptions; a config that is not YAML is named with the line it breaks on.
     """
@@ -411,7 +465,7 @@ def _report(err: BaseException, args: argparse.Namespace) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    if getattr(args, "run", None) is _data_check:  # the training flags it checks, in order
+    if getattr(args, "run", None) in (_data_check, _train):  # published flags, in order
         args.flags = rest
     elif rest:
         build_parser().parse_args(argv)  # argparse's own error for unknown arguments

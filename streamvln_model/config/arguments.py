@@ -23,7 +23,7 @@ from typing import Any
 import transformers
 from transformers.utils import is_torch_bf16_gpu_available, is_torch_tf32_available
 
-NAVIGATION_VERSION = "qwen_1_5"
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
 
 
 @dataclass
@@ -111,7 +111,10 @@ class DataArguments:
     add_time_instruction: bool | None = field(default=False)
     force_sample: bool | None = field(default=False)
     num_future_steps: int | None = field(default=1, metadata={"help": "Actions per turn (StreamVLN: 4)."})
-    num_frames: int | None = field(default=32, metadata={"help": "Steps per sample (StreamVLN: 32)."})
+    # The published parser's default equals StreamVLN's value (sample_shape.py), so it is not written twice.
+    num_frames: int | None = field(
+        default=STREAMVLN_SHAPE.num_frames, metadata={"help": "Steps per sample (StreamVLN: 32)."}
+    )
     num_history: int | None = field(default=None, metadata={"help": "History frames (StreamVLN: 8)."})
     data_augmentation: bool | None = field(default=False)
     transform_train: str | None = field(default=None)
@@ -321,15 +324,15 @@ def unknown_flags(flags: dict[str, Any]) -> list[str]:
 
 def resolve_flags(flags: dict[str, Any]) -> Arguments:
     """Flag name -> value (typed or string) into the three dataclasses, as HfArgumentParser does."""
-    from streamvln_model.data.validation.errors import DataValidationError
+    from streamvln_model.config.errors import FlagError
 
     problems = unknown_flags(flags)
     if problems:
-        raise DataValidationError(problems)
+        raise FlagError(problems)
     try:
         return Arguments(*parser().parse_dict(flags, allow_extra_keys=False), given=frozenset(flags))
     except (ValueError, TypeError) as err:
-        raise DataValidationError([f"arguments: {err}"]) from err
+        raise FlagError([f"arguments: {err}"]) from err
 
 
 def resolve_argv(argv: list[str]) -> Arguments:
@@ -338,9 +341,9 @@ def resolve_argv(argv: list[str]) -> Arguments:
         args=argv, return_remaining_strings=True
     )
     if rest:
-        from streamvln_model.data.validation.errors import DataValidationError
+        from streamvln_model.config.errors import FlagError
 
-        raise DataValidationError([f"command line: unknown argument(s) {' '.join(rest)}"])
+        raise FlagError([f"command line: unknown argument(s) {' '.join(rest)}"])
     given = frozenset(a[2:].split("=", 1)[0] for a in argv if a.startswith("--"))
     return Arguments(model_args, data_args, training_args, given=given)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE, SampleShape
 from streamvln_model.data.datasets.navigation import SamplePlan, VLNActionDataset
 from streamvln_model.data.datasets.sampling import validate_sampling
 from streamvln_model.data.formats.annotations import load_episodes
@@ -16,28 +15,17 @@ from streamvln_model.model.conversation import prepare_tokenizer
 PLACEHOLDER_TEXT = {IMAGE_TOKEN_INDEX: "<image>", MEMORY_TOKEN_INDEX: "<memory>"}
 
 
-@dataclass
-class PreviewSettings:
-    num_frames: int = 32
-    num_history: int = 8
-    num_future_steps: int = 4
-
-
 def preview_plans(
-    video_folder: str, tokenizer_path: str, num: int = 3, settings: PreviewSettings | None = None
+    video_folder: str, tokenizer_path: str, num: int = 3, shape: SampleShape = STREAMVLN_SHAPE
 ) -> tuple[PreTrainedTokenizerBase, list[SamplePlan]]:
     """The first `num` samples (0 = all) exactly as the training dataset builds them, and the
     prepared tokenizer that built them (to render them with)."""
-    settings = settings or PreviewSettings()
-    validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
+    validate_sampling(shape.num_frames, shape.num_history, shape.num_future_steps)
     episodes = load_episodes(video_folder)  # bad data fails before the tokenizer load
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     spec = prepare_tokenizer(tokenizer)
-    index, _ = build_index(episodes, settings.num_frames, settings.num_history, settings.num_future_steps)
-    dataset = VLNActionDataset(
-        index, tokenizer, spec, image_processor=None, num_frames=settings.num_frames,
-        num_history=settings.num_history, num_future_steps=settings.num_future_steps,
-    )  # fmt: skip
+    index, _ = build_index(episodes, shape.num_frames, shape.num_history, shape.num_future_steps)
+    dataset = VLNActionDataset(index, tokenizer, spec, image_processor=None, shape=shape)
     count = len(dataset) if num == 0 else min(num, len(dataset))
     return tokenizer, [dataset.plan(i) for i in range(count)]
 

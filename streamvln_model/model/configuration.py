@@ -20,6 +20,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
+
 POOL_MODES = ("bilinear", "average", "max")
 # What config.json says: the published checkpoints' model type (`architectures` names our class).
 PUBLISHED_MODEL_TYPE = "qwen2"
@@ -68,8 +70,8 @@ class StreamVLNConfig(Qwen2Config):
     image_aspect_ratio: str = "square"
     tokenizer_model_max_length: int | None = None
     tokenizer_padding_side: str = "right"
-    num_history: int | None = 8
-    num_future_steps: int = 4
+    num_history: int | None = STREAMVLN_SHAPE.num_history
+    num_future_steps: int = STREAMVLN_SHAPE.num_future_steps
     mm_tunable_parts: str | None = None
     # Our addition: the SigLIP config of the tower *as stored* (last layer already removed).
     # Absent in LLaVA checkpoints; then it is resolved from `mm_vision_tower` (vision.py).

@@ -19,14 +19,18 @@ import argparse
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE, SampleShape
 from streamvln_model.data import locations as storage
 from streamvln_model.data.datasets.sampling import validate_sampling
 from streamvln_model.data.formats.annotations import ANNOTATIONS, load_episodes, split_folders
 
-DEFAULT_NUM_FRAMES = 32
+# The shape fields a model's config.json records (the training run's values).
+MODEL_SHAPE_FIELDS = frozenset({"num_history", "num_future_steps"})
 MAX_LENGTH_FALLBACK = 32768  # the published --model_max_length
 
 
@@ -81,12 +85,23 @@ def check_heldout(heldout: str | list[str], train: str | list[str] | None) -> li
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """How held-out samples are cut; None = the value the models were trained with (config.json)."""
+    """How held-out samples are cut: the sample shape and the length limit (None: the models')."""
 
-    num_frames: int = DEFAULT_NUM_FRAMES
-    num_history: int | None = None
-    num_future_steps: int | None = None
+    shape: SampleShape = STREAMVLN_SHAPE
     model_max_length: int | None = None
+    # The shape fields the models' configs decide (the command line left them unset).
+    from_models: frozenset[str] = MODEL_SHAPE_FIELDS
+
+    @classmethod
+    def asked(cls, values: Mapping[str, Any], model_max_length: int | None = None) -> SampleSettings:
+        """From the command line's shape flags (None = unset): history and turn size left unset come
+        from the models' configs, num_frames from StreamVLN's shape."""
+        shape = {name: values.get(name) for name in SampleShape.names()}
+        unset = frozenset(name for name in MODEL_SHAPE_FIELDS if shape[name] is None)
+        return cls(STREAMVLN_SHAPE.filled(**shape), model_max_length, unset)
+
+    def record(self) -> dict[str, Any]:
+        return {**self.shape.as_dict(), "model_max_length": self.model_max_length}
 
 
 def common_settings(settings: SampleSettings, configs: dict[str, object]) -> SampleSettings:
@@ -97,8 +112,9 @@ def common_settings(settings: SampleSettings, configs: dict[str, object]) -> Sam
     """
     problems = []
     resolved = {}
-    for name in ("num_history", "num_future_steps"):
-        values = {key: getattr(settings, name) or getattr(config, name) for key, config in configs.items()}
+    for name in sorted(settings.from_models):
+        ours = getattr(settings.shape, name)
+        values = {key: getattr(config, name, None) or ours for key, config in configs.items()}
         if len(set(values.values())) > 1:
             listed = ", ".join(f"{key}: {value}" for key, value in values.items())
             problems.append(f"{name} differs ({listed})")
@@ -110,17 +126,16 @@ def common_settings(settings: SampleSettings, configs: dict[str, object]) -> Sam
         )
     limits = [c.tokenizer_model_max_length for c in configs.values() if c.tokenizer_model_max_length]
     limit = settings.model_max_length or min(limits, default=None) or MAX_LENGTH_FALLBACK
-    return SampleSettings(settings.num_frames, resolved["num_history"], resolved["num_future_steps"], limit)
+    return SampleSettings(replace(settings.shape, **resolved), limit, frozenset())
 
 
 def heldout_index(heldout: str | list[str], settings: SampleSettings):
     """The held-out sample index, checked and built as training builds it."""
     from streamvln_model.data.index.tables import build_index
 
-    validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
-    return build_index(
-        load_episodes(heldout), settings.num_frames, settings.num_history, settings.num_future_steps
-    )
+    shape = settings.shape
+    validate_sampling(shape.num_frames, shape.num_history, shape.num_future_steps)
+    return build_index(load_episodes(heldout), shape.num_frames, shape.num_history, shape.num_future_steps)
 
 
 def score_model(folder: str, index, settings: SampleSettings, batch_size: int = 2) -> dict:
@@ -142,9 +157,7 @@ def score_model(folder: str, index, settings: SampleSettings, batch_size: int = 
         tokenizer,
         spec,
         build_image_processor(model.get_vision_tower().config),
-        num_frames=settings.num_frames,
-        num_history=settings.num_history,
-        num_future_steps=settings.num_future_steps,
+        shape=settings.shape,
     )
     collator = DataCollatorForNavigation(tokenizer.pad_token_id, settings.model_max_length)
     return navigation_scores(model, dataset, collator, tokenizer, batch_size).to_dict()
@@ -177,7 +190,7 @@ def evaluate_models(
             "scenes": scenes,
             "episodes": summary.episodes,
             "samples": summary.samples,
-            "settings": settings.__dict__,
+            "settings": settings.record(),
         },
     }
 
@@ -187,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", required=True, help="folder or models:/ URI; repeatable")
     parser.add_argument("--video_folder", required=True, help="held-out source folders, comma-separated")
     parser.add_argument("--train_video_folder", default=None, help="the models' training folders")
-    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
+    parser.add_argument("--num_frames", type=int, default=None, help="default: StreamVLN's")
     parser.add_argument("--num_history", type=int, default=None, help="default: the model's config")
     parser.add_argument("--num_future_steps", type=int, default=None, help="default: the model's config")
     parser.add_argument("--model_max_length", type=int, default=None, help="default: the model's config")
@@ -198,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = SampleSettings(args.num_frames, args.num_history, args.num_future_steps, args.model_max_length)
+    settings = SampleSettings.asked(vars(args), args.model_max_length)
     try:
         result = evaluate_models(
             args.model, args.video_folder, args.train_video_folder, settings, args.batch_size

@@ -25,6 +25,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from streamvln_model.checkpoint.loading import load_trained
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
 from streamvln_model.data.datasets.sampling import history_steps
 from streamvln_model.data.formats.prompts import navigation_conversation
 from streamvln_model.data.media.images import load_rgb, preprocess_images
@@ -137,7 +138,8 @@ class NavigationPolicy:
         """The model's answer (e.g. `↑↑←→`) for one observation and the frames seen before it.
 
         `max_new_tokens` defaults to a turn's actions (num_future_steps) plus room for the end."""
-        max_new_tokens = max_new_tokens or int(self.model.config.num_future_steps or 4) + 4
+        turn = self.model.config.num_future_steps or STREAMVLN_SHAPE.num_future_steps
+        max_new_tokens = max_new_tokens or int(turn) + 4
         pixels = self.pixels(current_frame, history_frames)
         prompt = self.prompt_ids(instruction, pixels.shape[0] > 1, rng)
         output = self.model.generate(

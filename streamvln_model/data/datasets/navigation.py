@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase, SiglipImageProcessorPil
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE, SampleShape
 from streamvln_model.data import locations as storage
 from streamvln_model.data.datasets.sampling import action_groups, current_steps, history_steps
 from streamvln_model.data.formats.annotations import frame_folder
@@ -43,9 +44,7 @@ class VLNActionDataset(Dataset):
         tokenizer: PreTrainedTokenizerBase,
         token_spec: TokenSpec,
         image_processor: SiglipImageProcessorPil,
-        num_frames: int = 32,
-        num_history: int = 8,
-        num_future_steps: int = 4,
+        shape: SampleShape = STREAMVLN_SHAPE,
         seed: int = 0,
         data_augmentation: bool = False,
     ):
@@ -53,9 +52,7 @@ class VLNActionDataset(Dataset):
         self.tokenizer = tokenizer
         self.token_spec = token_spec
         self.image_processor = image_processor
-        self.num_frames = num_frames
-        self.num_history = num_history
-        self.num_future_steps = num_future_steps
+        self.shape = shape
         self.seed = seed
         self.data_augmentation = data_augmentation
 
@@ -66,9 +63,10 @@ class VLNActionDataset(Dataset):
         row = self.index.row(i)
         actions, frames, start = row["actions"], row["frames"], row["start"]
         frame_dir = frame_folder(self.index.roots[row["root"]], row["video"])
-        history = history_steps(start, self.num_history)
-        current = current_steps(start, len(actions), self.num_frames, self.num_future_steps)
-        groups = action_groups(actions, start, self.num_frames, self.num_future_steps)
+        shape = self.shape
+        history = history_steps(start, shape.num_history)
+        current = current_steps(start, len(actions), shape.num_frames, shape.num_future_steps)
+        groups = action_groups(actions, start, shape.num_frames, shape.num_future_steps)
         # Seeded per sample: the preview shows exactly what training sees, and runs reproduce.
         rng = random.Random(f"{self.seed}:{i}")
         conversation = navigation_conversation(row["instruction"], groups, bool(history), rng)

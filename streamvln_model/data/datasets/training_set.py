@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
+from streamvln_model.config.sample_shape import SampleShape
 from streamvln_model.data.datasets.combined import CombinedDataset, CoTrainingDataset, CoTrainingSettings
 from streamvln_model.data.datasets.navigation import VLNActionDataset
 from streamvln_model.data.formats.mmc4 import MMC4Dataset
@@ -27,9 +28,7 @@ def training_dataset(
         tokenizer,
         token_spec,
         image_processor,
-        num_frames=data_args.num_frames,
-        num_history=data_args.num_history,
-        num_future_steps=data_args.num_future_steps,
+        shape=SampleShape(data_args.num_frames, data_args.num_history, data_args.num_future_steps),
         seed=seed,
         data_augmentation=bool(data_args.data_augmentation),
     )

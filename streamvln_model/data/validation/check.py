@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE, SampleShape
 from streamvln_model.data import locations as storage
 from streamvln_model.data.datasets.sampling import validate_sampling
 from streamvln_model.data.formats.annotations import NavigationScan, navigation_roots, scan_navigation
@@ -45,9 +46,7 @@ class DataSettings:
     """The data flags that decide what is read and what a sample is (all from the one schema)."""
 
     video_folder: str | None
-    num_frames: int
-    num_history: int
-    num_future_steps: int
+    shape: SampleShape = STREAMVLN_SHAPE
     remove_init_turns: bool = False
     multi_task_training: bool = False
     data_path: str | None = None
@@ -63,15 +62,28 @@ class DataSettings:
     model_max_length: int | None = None
     tokens_per_frame: int | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.shape, Mapping):  # read back from `asdict` (the flow's task parameters)
+            object.__setattr__(self, "shape", SampleShape(**self.shape))
+
     @classmethod
     def of(
-        cls, data: Mapping[str, Any], training: Mapping[str, Any], tokens_per_frame: int | None = None
+        cls,
+        data: Mapping[str, Any],
+        training: Mapping[str, Any],
+        tokens_per_frame: int | None = None,
+        given: frozenset[str] | None = None,
     ) -> DataSettings:
-        """From resolved DataArguments / TrainingArguments (dataclass `vars()` or the flow's dicts)."""
-        names = set(cls.__dataclass_fields__) - {"seed", "model_max_length", "tokens_per_frame"}
+        """From resolved DataArguments / TrainingArguments (dataclass `vars()` or the flow's dicts).
+
+        The sample shape is `SampleShape.from_arguments(data, given)`: what the run sets, StreamVLN's
+        value where it leaves a field unset (and, with `given`, where the user did not name it).
+        """
+        names = set(cls.__dataclass_fields__) - {"shape", "seed", "model_max_length", "tokens_per_frame"}
         values = {name: data[name] for name in names if name in data and data[name] is not None}
         return cls(
             **values,
+            shape=SampleShape.from_arguments(data, given),
             seed=int(training.get("seed", 0)),
             model_max_length=training.get("model_max_length"),
             tokens_per_frame=tokens_per_frame,
@@ -86,7 +98,8 @@ class DataSettings:
             "mmc4_video_folder",
             "data_path",
         }
-        return {k: v for k, v in vars(self).items() if k not in excluded}
+        fields = {k: v for k, v in vars(self).items() if k not in excluded and k != "shape"}
+        return {**fields, **self.shape.as_dict()}  # flat, as before the shape had its own type
 
     def roots(self) -> list[Root]:
         return navigation_roots(self.video_folder) + (cotraining_roots(self) if self.cotraining else [])
@@ -173,8 +186,9 @@ def _navigation_tokens(nav: NavigationScan, settings: DataSettings) -> list[tupl
     """(file, sample key, estimated tokens) of each episode's longest sample."""
     if not settings.tokens_per_frame:
         return []
-    frames_max = settings.num_history + -(-settings.num_frames // settings.num_future_steps)
-    turns = -(-settings.num_frames // settings.num_future_steps)
+    shape = settings.shape
+    turns = -(-shape.num_frames // shape.num_future_steps)
+    frames_max = shape.num_history + turns
     visual = frames_max * settings.tokens_per_frame
     out = []
     for episode in nav.episodes:
@@ -266,7 +280,7 @@ def check_data(
     when the run stops here. `decode=False` skips opening images and videos (benchmarks only):
     media then count by name and size in the key.
     """
-    validate_sampling(settings.num_frames, settings.num_history, settings.num_future_steps)
+    validate_sampling(settings.shape.num_frames, settings.shape.num_history, settings.shape.num_future_steps)
     roots = settings.roots()
     nav_roots = [root for root in roots if root.slot.startswith("video_folder[")]
     nav = scan_navigation(nav_roots)
