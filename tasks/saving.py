@@ -2,9 +2,10 @@
 
 The flow process never loads weights (a 7B model is ~15 GB): the worker's rank 0 already
 reloaded the folder and compared logits with the trained model before exiting
-(`streamvln_model.saving.verify_saved_model`). Here only safetensors headers are read, against
-config.json, and the pyfunc is logged from the files. A LoRA or projector-only save (loading.py)
-is checked against its base checkpoint's headers, and the base travels with the pyfunc.
+(`streamvln_model.checkpoint.reload_check.verify_saved_model`). Here only safetensors headers
+are read, against config.json (checkpoint/headers.py), and the pyfunc is logged from the files.
+A LoRA or projector-only save (checkpoint/loading.py) is checked against its base checkpoint's
+headers, and the base travels with the pyfunc.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import mlflow
 from prefect import get_run_logger
 
-from streamvln_model.checkpoint.saving import check_saved_files
+from streamvln_model.checkpoint.headers import check_saved_files
 from streamvln_model.registry.pyfunc import log_checkpoint_model
 from tasks.caching import side_effect_task
 from tasks.parameters import TrackingConfig

@@ -51,3 +51,13 @@ def test_a_model_logged_by_the_flat_layout_loads_and_predicts_in_this_process(ti
         record["instruction"], frame, history
     )
     assert answer == [{"text": expected, "actions": parse_actions(expected)}]
+
+
+def test_new_models_ship_the_whole_library_as_their_code():
+    """`code_paths` must be the package folder, not the folder of the module that logs the model."""
+    from streamvln_model.registry.pyfunc import library_folder
+
+    folder = library_folder()
+    assert folder.name == "streamvln_model"
+    assert (folder / "__init__.py").is_file() and (folder / "registry" / "pyfunc.py").is_file()
+    assert (folder / "mlflow_model.py").is_file()  # the class path older models pickled

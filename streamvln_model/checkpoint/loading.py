@@ -1,6 +1,6 @@
 """Load any final save of a training run with one call: `load_trained(path)`.
 
-A run saves one of three layouts (saving.py `save_trained_model`, as the published script does,
+A run saves one of three layouts (save.py `save_trained_model`, as the published script does,
 but in safetensors):
 
 * full: the whole model (config.json + model.safetensors), loaded with `from_pretrained`;
@@ -25,15 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from streamvln_model.checkpoint.adapters import ADAPTER_CONFIG
 from streamvln_model.model.configuration import StreamVLNConfig
-from streamvln_model.model.lora import ADAPTER_CONFIG
 from streamvln_model.model.modeling import StreamVLNForCausalLM
 
 FULL, LORA, PROJECTOR = "full", "lora", "projector"
 SAVE_RECORD = "trained_from.json"
 NON_LORA_WEIGHTS = "non_lora_trainables.safetensors"
 PROJECTOR_WEIGHTS = "mm_projector.safetensors"
-FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+WEIGHT_FILE = "model.safetensors"
+WEIGHT_INDEX = "model.safetensors.index.json"  # a sharded save: weight name -> shard file
+FULL_WEIGHTS = (WEIGHT_FILE, WEIGHT_INDEX)
 
 
 class SaveLayoutError(ValueError):
@@ -48,6 +50,15 @@ def save_format(path: str | Path) -> str:
     if (path / PROJECTOR_WEIGHTS).is_file() and not any((path / name).is_file() for name in FULL_WEIGHTS):
         return PROJECTOR
     return FULL
+
+
+def weight_shards(path: str | Path) -> list[str]:
+    """The safetensors files of a full save (or a base checkpoint): the shards its index names,
+    else `model.safetensors`; none when the folder has neither."""
+    path = Path(path)
+    if (path / WEIGHT_INDEX).is_file():
+        return sorted(set(json.loads((path / WEIGHT_INDEX).read_text())["weight_map"].values()))
+    return [WEIGHT_FILE] if (path / WEIGHT_FILE).is_file() else []
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
@@ -135,7 +146,7 @@ def _with_adapter(
 ) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    from streamvln_model.model.lora import load_adapter_weights
+    from streamvln_model.checkpoint.adapters import load_adapter_weights
     from streamvln_model.model.quantization import kbit_training_dtypes
 
     config = LoraConfig.from_pretrained(str(path))
@@ -152,7 +163,7 @@ def _with_adapter(
 
 def load_named(model: nn.Module, file: Path) -> None:
     """Copy the tensors of `file` into the parameters of the same names; every name must exist.
-    (Also used when a LoRA run resumes from a checkpoint-N folder, trainer.py.)"""
+    (Also used when a LoRA run resumes from a checkpoint-N folder, staging.py.)"""
     from safetensors.torch import load_file
 
     tensors = load_file(str(file))

@@ -1,28 +1,21 @@
 """Build model, tokenizer and image processor from the parsed arguments.
 
 Shared by the flow's planning tasks (meta device, nothing loaded) and the torchrun worker (real
-weights), so both apply the same config overwrites and checks.
+weights), so both apply the same config overwrites and checks. Whether a checkpoint's weights fit
+the config is read from its safetensors headers by checkpoint/headers.py.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from streamvln_model.config.arguments import DataArguments, ModelArguments, TrainingArguments
-from streamvln_model.data.validation.errors import DataValidationError
 from streamvln_model.model.configuration import StreamVLNConfig
 from streamvln_model.model.conversation import TokenSpec, prepare_tokenizer
 from streamvln_model.model.modeling import StreamVLNForCausalLM
 from streamvln_model.model.precision import weight_dtype
 from streamvln_model.model.quantization import quantized_load_options
-
-WEIGHT_INDEX = "model.safetensors.index.json"
-WEIGHT_FILE = "model.safetensors"
 
 
 def tokenizer_path(model_args: ModelArguments) -> str | None:
@@ -65,50 +58,6 @@ def meta_model(config: StreamVLNConfig) -> StreamVLNForCausalLM:
     """The model's structure with no storage: counts and names at no memory cost."""
     with torch.device("meta"):
         return StreamVLNForCausalLM(config)
-
-
-def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Weight name -> shape from the safetensors headers only (no tensor is read)."""
-    path = Path(path)
-    if (path / WEIGHT_INDEX).is_file():
-        shards = sorted(set(json.loads((path / WEIGHT_INDEX).read_text())["weight_map"].values()))
-    elif (path / WEIGHT_FILE).is_file():
-        shards = [WEIGHT_FILE]
-    else:
-        raise DataValidationError(
-            [f"{path}: neither {WEIGHT_FILE} nor {WEIGHT_INDEX}. Fix: save the model as safetensors"]
-        )
-    shapes: dict[str, tuple[int, ...]] = {}
-    for shard in shards:
-        with safe_open(str(path / shard), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
-def checkpoint_keys(path: str | Path) -> set[str]:
-    """Weight names from safetensors headers only (no tensor is read)."""
-    return set(checkpoint_shapes(path))
-
-
-def checkpoint_problems(path: str | Path, model: StreamVLNForCausalLM) -> tuple[list[str], list[str]]:
-    """(problems, unexpected names): every missing or wrongly shaped weight, named, before loading."""
-    stored = checkpoint_shapes(path)
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    problems = []
-    for name, tensor in model.state_dict().items():
-        if name in tied:
-            continue
-        if name not in stored:
-            problems.append(
-                f"{path}: checkpoint lacks weight {name!r}. Fix: use a full StreamVLN/LLaVA-Video checkpoint"
-            )
-        elif stored[name] != tuple(tensor.shape):
-            problems.append(
-                f"{path}: weight {name!r} has shape {list(stored[name])} in the checkpoint but the config "
-                f"expects {list(tensor.shape)}. Fix: config.json and the weights come from different models"
-            )
-    return problems, sorted(set(stored) - set(model.state_dict()))
 
 
 def load_model(

@@ -23,6 +23,9 @@ Different on purpose (docs/DIFFERENCES.md):
   adapter's weights into the new LoRA layers before training.
 * The adapter records the base checkpoint as an absolute path, so `load_trained` finds it from
   any working directory.
+
+The adapter files (reading `--lora_weight_path`, the weights saved beside the adapter) are
+checkpoint/adapters.py.
 """
 
 from __future__ import annotations
@@ -34,7 +37,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from streamvln_model.model.freezing import LORA_KEY, parse_tunable_parts
+from streamvln_model.checkpoint.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_weights_file,
+    load_adapter_weights,
+)
+from streamvln_model.model.freezing import parse_tunable_parts
 from streamvln_model.model.precision import weight_dtype
 from streamvln_model.model.quantization import (
     QUANTIZED_BITS,
@@ -56,8 +65,6 @@ MULTIMODAL_KEYWORDS = (
     "mem_resampler",
     "pointnet",
 )
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -136,47 +143,6 @@ def restore_training_dtypes(model: nn.Module, training_args) -> None:
     """After freezing: a 4/8-bit run's weights back in the run's dtype (see quantization.py)."""
     if is_quantized_run(training_args):
         kbit_training_dtypes(model, weight_dtype(training_args))
-
-
-def adapter_weights_file(path: str | Path) -> Path:
-    """`adapter_model.safetensors` of an adapter folder (or the file itself)."""
-    path = Path(path)
-    return path / ADAPTER_WEIGHTS if path.is_dir() else path
-
-
-def load_adapter_weights(peft_model: nn.Module, path: str | Path) -> None:
-    """Copy an earlier adapter's LoRA weights into `peft_model`; every LoRA weight must be there.
-
-    A partial match would silently train some layers from scratch, so any LoRA weight the file
-    lacks, or any file weight the model has no place for, is an error naming them.
-    """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(adapter_weights_file(path)))
-    result = set_peft_model_state_dict(peft_model, weights)
-    missing = [name for name in result.missing_keys if LORA_KEY in name]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"--lora_weight_path {path}: the adapter does not fit this model's LoRA layers "
-            f"(missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}). Fix: an adapter "
-            "saved by a run with the same checkpoint and --lora_r"
-        )
-
-
-def non_lora_trainables(model: nn.Module, state_dict: dict | None = None) -> dict[str, torch.Tensor] | None:
-    """The trained weights outside the adapter, by their peft names (as published), on the CPU:
-    from `state_dict` when given (a consolidated one), else from the parameters; None when they
-    are not all at hand (a sharded model without a consolidated state dict)."""
-    names = [name for name, param in model.named_parameters() if param.requires_grad and LORA_KEY not in name]
-    params = dict(model.named_parameters())
-    if state_dict is not None:
-        if not all(name in state_dict for name in names):
-            return None
-        return {name: state_dict[name].detach().cpu().contiguous() for name in names}
-    if any(hasattr(params[name], "ds_id") or hasattr(params[name], "full_tensor") for name in names):
-        return None
-    return {name: params[name].detach().cpu().contiguous() for name in names}
 
 
 def planned_model(model: nn.Module, training_args) -> nn.Module:
@@ -259,7 +225,7 @@ def machine_problems(training) -> list[str]:
     """What `--bits 4|8` needs from the launch: the bitsandbytes package, and a strategy that
     can hold quantized weights. Asked with the launch's DeepSpeed config in `training.deepspeed`
     (the flow's environment stage puts a LaunchConfig's there)."""
-    from streamvln_model.config.strategies import read_deepspeed_config, zero_stage
+    from streamvln_model.config.strategies import read_strategy
 
     if training.bits not in QUANTIZED_BITS:
         return []
@@ -270,7 +236,7 @@ def machine_problems(training) -> list[str]:
             f"{bits}: needs the bitsandbytes package, which is not installed. "
             "Fix: pip install 'bitsandbytes>=0.50.2', or --bits 16"
         )
-    if zero_stage(read_deepspeed_config(training.deepspeed or None)[0]) == 3:
+    if read_strategy(training).kind == "zero3":
         problems.append(
             f"{bits} with --deepspeed {training.deepspeed} (ZeRO stage 3): the published QLoRA setup "
             "(uint8 4-bit storage, one device map per rank) cannot be partitioned by ZeRO-3, which "

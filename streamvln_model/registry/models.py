@@ -25,8 +25,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from streamvln_model.checkpoint.headers import check_saved_files
 from streamvln_model.checkpoint.loading import SAVE_RECORD, read_record
-from streamvln_model.checkpoint.saving import check_saved_files
 from streamvln_model.model.tokenizer import cache_root
 from streamvln_model.registry.pyfunc import BASE_ARTIFACT, checkpoint_path
 

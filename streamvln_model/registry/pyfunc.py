@@ -92,8 +92,10 @@ def pip_requirements() -> list[str]:
 
 
 def library_folder() -> Path:
-    """The `streamvln_model` package folder, shipped inside the model as its code."""
-    return Path(__file__).resolve().parent
+    """The `streamvln_model` package folder (the whole library), shipped inside the model as its code."""
+    import streamvln_model
+
+    return Path(streamvln_model.__file__).resolve().parent
 
 
 # What `from_pretrained` needs; trainer state, logs and intermediate checkpoints stay behind.
@@ -113,7 +115,7 @@ MODEL_FILE_PATTERNS = (
 
 def stage_model_files(checkpoint: Path, target: Path) -> Path:
     """Copy what loading needs, plus the SigLIP tower folder the published loader opens (if any)."""
-    from streamvln_model.checkpoint.saving import TOWER_DIRNAME
+    from streamvln_model.checkpoint.layout import TOWER_DIRNAME
 
     target.mkdir(parents=True)
     for pattern in MODEL_FILE_PATTERNS:

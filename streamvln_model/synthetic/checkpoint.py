@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from streamvln_model.checkpoint.saving import save_checkpoint_folder
+from streamvln_model.checkpoint.save import save_checkpoint_folder
 from streamvln_model.model.configuration import StreamVLNConfig
 from streamvln_model.model.modeling import StreamVLNForCausalLM
 from streamvln_model.model.tokenizer import load_tokenizer
@@ -81,7 +81,7 @@ def preset_config(preset: str = "tiny") -> StreamVLNConfig:
 
 
 def write_checkpoint(out: str | Path, preset: str = "tiny", seed: int = 0, overwrite: bool = False) -> Path:
-    """Write model + tokenizer + image processor (+ tower folder, see saving.py); built aside and
+    """Write model + tokenizer + image processor (+ tower folder, see checkpoint/layout.py); built aside and
     renamed, never half-written."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

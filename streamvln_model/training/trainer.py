@@ -1,75 +1,30 @@
-"""`StreamVLNTrainer`: a transformers Trainer with per-module learning rates, plus callbacks."""
+"""`StreamVLNTrainer`: a transformers Trainer with per-module learning rates, plus callbacks.
+
+Its checkpoint-N folders are written aside and renamed when complete by checkpoint/staging.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
-from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from streamvln_model.checkpoint.loading import NON_LORA_WEIGHTS, load_named
+from streamvln_model.checkpoint.staging import (
+    load_non_lora_weights,
+    publish_staged_checkpoint,
+    save_non_lora_weights,
+    staging_dir,
+)
 from streamvln_model.data.datasets.combined import CombinedDataset, GroupByTaskSampler, megabatch_size
-from streamvln_model.model.lora import is_peft_model, non_lora_trainables
+from streamvln_model.model.lora import is_peft_model
 
 PROGRESS_PREFIX = "streamvln-progress "
-# Checkpoints are written into <output_dir>/partial-checkpoints/checkpoint-N and moved to
-# <output_dir>/checkpoint-N once every rank has written its part. Neither transformers'
-# `get_last_checkpoint` (`^checkpoint-\d+$`) nor its rotation (`checkpoint-*`) sees this folder,
-# so a checkpoint a fault interrupted is never resumed from nor counted as the newest one.
-STAGING_DIR = "partial-checkpoints"
 logger = logging.getLogger("streamvln.trainer")
-
-
-def discard_partial_checkpoints(output_dir: str | Path) -> list[str]:
-    """Remove checkpoints a fault interrupted while they were written; returns their names.
-
-    Call it on the rank that owns the folder (`args.should_save`), before training starts: no
-    rank writes a checkpoint before the first optimizer step, which every rank takes together.
-    """
-    staging = Path(output_dir) / STAGING_DIR
-    if not staging.is_dir():
-        return []
-    names = sorted(p.name for p in staging.iterdir())
-    shutil.rmtree(staging)
-    if names:
-        logger.warning(
-            "discarded %s in %s: a fault interrupted their writing; resuming from the newest complete one",
-            ", ".join(names),
-            staging,
-        )
-    return names
-
-
-def resume_checkpoint(output_dir: str | Path, owner: bool) -> str | None:
-    """The newest complete `checkpoint-N` in `output_dir` (None: start from step 0).
-
-    `owner` (the rank that saves into the folder) first removes interrupted checkpoints.
-    """
-    if not Path(output_dir).is_dir():
-        return None
-    if owner:
-        discard_partial_checkpoints(output_dir)
-    return get_last_checkpoint(str(output_dir))
-
-
-def publish_checkpoint(staged: Path, target: Path) -> None:
-    """Move a complete checkpoint to its final name in one rename (atomic on POSIX filesystems).
-
-    A folder already there holds the same step from an earlier attempt (only a run pointed back
-    at an older checkpoint meets one); the one just written replaces it.
-    """
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staged, target)
 
 
 class StreamVLNTrainer(Trainer):
@@ -94,7 +49,7 @@ class StreamVLNTrainer(Trainer):
 
     def _get_output_dir(self, trial) -> str:
         run_dir = super()._get_output_dir(trial)
-        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+        return staging_dir(run_dir) if self._staging else run_dir
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, written aside and renamed to `checkpoint-N` when complete.
@@ -102,8 +57,9 @@ class StreamVLNTrainer(Trainer):
         transformers 5.24 writes straight into `checkpoint-N` (model by the saving rank, RNG state
         and DeepSpeed/FSDP shards by every rank), so a fault mid-save leaves a folder that
         `get_last_checkpoint` would pick and the resume would fail on. Here the Trainer's own save
-        runs with its run folder pointed at `STAGING_DIR`; after a barrier (every rank's part is
-        on disk) the owning rank renames the folder and only then rotates `save_total_limit`.
+        runs with its run folder pointed at the staging folder; after a barrier (every rank's part
+        is on disk) the owning rank renames the folder and only then rotates `save_total_limit`
+        (checkpoint/staging.py).
         """
         self._staging = True
         try:
@@ -112,16 +68,11 @@ class StreamVLNTrainer(Trainer):
             self._staging = False
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            run_dir = Path(self._get_output_dir(trial))
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            publish_checkpoint(run_dir / STAGING_DIR / name, run_dir / name)
-            with contextlib.suppress(OSError):  # left empty: no other checkpoint is being written
-                (run_dir / STAGING_DIR).rmdir()
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
+            publish_staged_checkpoint(
+                self._get_output_dir(trial),
+                self.state.global_step,
+                self.args.save_total_limit,
+                self.state.best_model_checkpoint,
             )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -134,16 +85,12 @@ class StreamVLNTrainer(Trainer):
         """
         super()._save(output_dir, state_dict)
         if self.args.should_save and is_peft_model(self.model):
-            tensors = non_lora_trainables(self.model, state_dict)
-            if tensors is not None:
-                target = Path(output_dir or self.args.output_dir) / NON_LORA_WEIGHTS
-                save_file(tensors, str(target), metadata={"format": "pt"})
+            save_non_lora_weights(self.model, output_dir or self.args.output_dir, state_dict)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = Path(resume_from_checkpoint) / NON_LORA_WEIGHTS
-        if is_peft_model(self.model) and saved.is_file():
-            load_named(self.model, saved)
+        if is_peft_model(self.model):
+            load_non_lora_weights(self.model, resume_from_checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         """`--group_by_task`: per-task megabatches, so no optimizer step mixes tasks (published).

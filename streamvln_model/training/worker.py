@@ -23,7 +23,8 @@ from pathlib import Path
 
 import transformers
 
-from streamvln_model.checkpoint.saving import save_trained_model
+from streamvln_model.checkpoint.save import save_trained_model
+from streamvln_model.checkpoint.staging import resume_checkpoint
 from streamvln_model.config.arguments import (
     Arguments,
     DataArguments,
@@ -32,6 +33,7 @@ from streamvln_model.config.arguments import (
     resolve_argv,
     resolve_flags,
 )
+from streamvln_model.config.errors import InputError
 from streamvln_model.config.preflight import MachinePlan, preflight
 from streamvln_model.config.secrets import move_secrets_to_env, secrets_in_environment
 from streamvln_model.config.strategies import shut_down_process_group
@@ -39,7 +41,6 @@ from streamvln_model.data.datasets.collator import DataCollatorForNavigation
 from streamvln_model.data.datasets.training_set import training_dataset
 from streamvln_model.data.index.folder import TrainingIndex, checked_index, open_index
 from streamvln_model.data.validation.check import DataSettings
-from streamvln_model.data.validation.errors import DataValidationError
 from streamvln_model.model.builder import load_model, load_prepared_tokenizer
 from streamvln_model.model.freezing import apply_freezing, trainable_parts
 from streamvln_model.model.lora import add_training_options, restore_training_dtypes, unwrap
@@ -50,7 +51,6 @@ from streamvln_model.training.trainer import (
     ProgressCallback,
     ShardingCallback,
     StreamVLNTrainer,
-    resume_checkpoint,
 )
 
 logger = logging.getLogger("streamvln.train")
@@ -256,7 +256,7 @@ def main() -> None:
             print_arguments([a for a in argv if a != PRINT_FLAG])
         else:
             train(argv)
-    except DataValidationError as err:  # bad input: the problems, not a traceback per rank
+    except InputError as err:  # bad flags or data: the problems, not a traceback per rank
         sys.stderr.write(f"streamvln worker: error: {err}\n")
         sys.exit(2)
 
