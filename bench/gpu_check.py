@@ -5,14 +5,14 @@ What it does, in under 8 minutes on one H100/H200-class GPU (nothing is download
 1. builds a random-init checkpoint locally: a Qwen2-1.5B-shaped LLM (hidden 1536, intermediate
    8960, 28 layers, 12 heads, 2 KV heads, vocab 151936, tied embeddings, as Qwen2-1.5B) with a
    SigLIP-so400m-shaped tower (26 stored layers, 384 px, patch 14) and the mlp2x_gelu projector,
-   saved with the real Qwen2 tokenizer (streamvln_model.tokenizer) in the LLaVA layout;
+   saved with the real Qwen2 tokenizer (streamvln_model.model.tokenizer) in the LLaVA layout;
 2. writes synthetic trajectories with 640x480 frames (streamvln_model.synthetic.write_trajectories);
 3. per mode, runs the real worker (`streamvln_model.train`, the published flags) under
    `torchrun --nproc_per_node 1` for a few steps with bf16, sdpa and gradient checkpointing:
    `ddp` (plain torchrun, one process), `zero2` (DeepSpeed ZeRO-2, configs/deepspeed/zero2.json)
    and `qlora` (--bits 4 --lora_enable: NF4 LLM, LoRA r=64, tower and projector trained);
 4. prints per mode: tokens/s, peak memory (torch.cuda.max_memory_allocated), MFU against the
-   card's dense bf16 peak, and the memory plan's predicted peak (streamvln_model.memory_plan).
+   card's dense bf16 peak, and the memory plan's predicted peak (streamvln_model.training.memory).
 
 Measured in the worker process by a callback added to the worker's own (the final save and its
 reload check are skipped: this is a speed and memory check). Tokens are the LLM's unpadded
@@ -341,7 +341,7 @@ def build_checkpoint(out: Path) -> Path:
     """Random-init weights on the GPU (seconds, not minutes on the CPU), saved in bf16."""
     import torch
 
-    from streamvln_model.checkpoint.saving import save_checkpoint_folder
+    from streamvln_model.checkpoint.save import save_checkpoint_folder
     from streamvln_model.model.modeling import StreamVLNForCausalLM
     from streamvln_model.model.tokenizer import load_tokenizer
     from streamvln_model.model.vision import build_image_processor, resolve_vision_config
@@ -360,7 +360,7 @@ def build_checkpoint(out: Path) -> Path:
 def predicted_peak(flags: dict[str, Any]) -> int | None:
     """The memory plan's per-GPU peak for these flags on one GPU."""
     from streamvln_model.config.arguments import resolve_flags
-    from streamvln_model.training.memory_plan import plan_memory
+    from streamvln_model.training.memory import plan_memory
 
     try:
         return plan_memory(resolve_flags(flags), world_size=1).run.peak_bytes

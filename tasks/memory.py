@@ -2,7 +2,7 @@
 
 Runs after Gradient Configuration (it needs the same freezing decision) on the meta-device
 model: parameters, gradients, optimizer states, buffers and activations per GPU under the run's
-strategy (the launch's DeepSpeed config or the flags), see streamvln_model/memory_plan.py. With
+strategy (the launch's DeepSpeed config or the flags), see streamvln_model/training/memory/. With
 `--gpu_memory_gb` a run that cannot fit fails here, naming the cheapest change that fits, instead
 of running out of memory minutes into a multi-node launch.
 """
@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 
 from streamvln_model.config.preflight import PreflightError
 from streamvln_model.model.configuration import StreamVLNConfig
-from streamvln_model.training.memory_plan import GIB, MemoryReport, plan_memory
+from streamvln_model.training.memory import GIB, MemoryReport, plan_memory
 from tasks.caching import planning_task
 from tasks.model import parsed
 from tasks.types import EnvironmentPlan, MemoryPlan, ModelPlan, ResolvedArguments

@@ -86,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from streamvln_model.config.arguments import TrainingArguments
+    from streamvln_model.config.sample_shape import SampleShape
     from streamvln_model.config.strategies import shut_down_process_group
     from streamvln_model.data.datasets.collator import DataCollatorForNavigation
     from streamvln_model.data.datasets.navigation import VLNActionDataset
@@ -130,7 +131,7 @@ def main() -> None:
     spec = prepare_tokenizer(tokenizer)
     index, _ = build_index(load_episodes(args.data), 32, 8, 4)
     dataset = VLNActionDataset(
-        index, tokenizer, spec, build_image_processor(resolve_vision_config(config)), 32, 8, 4
+        index, tokenizer, spec, build_image_processor(resolve_vision_config(config)), SampleShape(32, 8, 4)
     )
     capture = MemoryCapture()
     if args.deepspeed:

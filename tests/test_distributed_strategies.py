@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from streamvln_model import StreamVLNForCausalLM
 from tests.conftest import REPO_ROOT
-from tests.helpers import tiny_request
+from tests.helpers import mlflow_tracking_at, train_flow
 
 ZERO2 = str(REPO_ROOT / "configs" / "deepspeed" / "zero2.json")
 ZERO3 = str(REPO_ROOT / "configs" / "deepspeed" / "zero3.json")
@@ -82,12 +82,8 @@ class Run:
 def flow_env(prefect_harness, mlflow_server, tmp_path_factory) -> Iterator[Path]:
     """The module's runs track into the session's `mlflow server`; one plan cache for all of them
     (the data index is built once). Restores the tracking URI for the modules after this one."""
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with mlflow_tracking_at(mlflow_server.uri):
         yield tmp_path_factory.mktemp("strategy_plans")
-    mlflow.set_tracking_uri(previous)
 
 
 def run_flow(
@@ -102,10 +98,7 @@ def run_flow(
 ) -> Run:
     """Train STEPS steps on 2 CPU ranks through the flow. The tower is frozen and the projector has
     its own learning rate, so freezing and the per-module groups are part of what must match."""
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-
-    request = tiny_request(
+    result = train_flow(
         model_name_or_path=str(checkpoint),
         video_folder=str(data),
         output_dir=str(output_dir),
@@ -114,12 +107,9 @@ def run_flow(
         max_steps=STEPS,
         logging_steps=1,
         **{"save_strategy": "no", **fields},
-    )
-    result = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu", nproc_per_node=2, deepspeed=deepspeed),
-        tracking=TrackingConfig(experiment_name="strategies", model_name=f"strategies-{name}"),
-        plan_root=str(plan_root),
+        launch={"nproc_per_node": 2, "deepspeed": deepspeed},
+        tracking=("strategies", f"strategies-{name}"),
+        plan_root=plan_root,
         resume_from=resume_from,
     )
     run_dir = Path(result.output_dir)  # this flow run's folder under output_dir
@@ -256,21 +246,21 @@ def _arguments(tmp_path: Path, checkpoint: Path, data: Path, **flags):
 def test_preflight_refuses_deepspeed_with_fsdp_and_configs_that_cannot_save(
     tiny_checkpoint, synthetic_data, tmp_path
 ):
+    from streamvln_model.config.errors import FlagError
     from streamvln_model.config.preflight import argument_problems, machine_plan
-    from streamvln_model.config.strategies import deepspeed_config_problems
-    from streamvln_model.data.validation.errors import DataValidationError
+    from streamvln_model.config.strategies import strategy_problems
 
     both = _arguments(tmp_path, tiny_checkpoint, synthetic_data, deepspeed=ZERO2, fsdp=True)
     problems = machine_plan(both, "cpu", 2).problems
     assert any("--deepspeed and --fsdp" in p for p in problems), problems
 
     # A missing file: the one resolver already refuses it, naming it (before preflight runs) ...
-    with pytest.raises(DataValidationError, match=r"nope\.json"):
+    with pytest.raises(FlagError, match=r"nope\.json"):
         _arguments(tmp_path, tiny_checkpoint, synthetic_data, deepspeed=str(tmp_path / "nope.json"))
     # ... and the flow's environment stage, given it as LaunchConfig.deepspeed, says why.
     launch_side = _arguments(tmp_path, tiny_checkpoint, synthetic_data)
     launch_side.training.deepspeed = str(tmp_path / "nope.json")
-    assert "nope.json: unreadable DeepSpeed config" in deepspeed_config_problems(launch_side.training)[0]
+    assert "nope.json: unreadable DeepSpeed config" in strategy_problems(launch_side.training)[0]
 
     no_gather = json.loads(Path(ZERO3).read_text())
     del no_gather["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
@@ -295,6 +285,66 @@ def test_preflight_refuses_deepspeed_with_fsdp_and_configs_that_cannot_save(
         assert argument_problems(arguments) == [] and machine_plan(arguments, "cpu", 2).problems == []
 
 
+@pytest.mark.parametrize("stage", [4, "three", None, True])
+def test_a_bad_zero_stage_gets_one_answer_from_preflight_and_the_memory_plan(
+    stage, tiny_checkpoint, synthetic_data, tmp_path
+):
+    """One reader (config.strategies.read_strategy): preflight's strategy check, the memory plan
+    (flags or the launch's config) and the log name all read the same stage the same way."""
+    from streamvln_model.config.preflight import PreflightError, argument_problems, preflight
+    from streamvln_model.config.strategies import StrategyError, read_strategy, strategy_problems
+    from streamvln_model.training.memory import memory_problems, strategy_of
+
+    config = {**json.loads(Path(ZERO2).read_text())}
+    config["zero_optimization"] = {**config["zero_optimization"], "stage": stage}
+    (tmp_path / "bad.json").write_text(json.dumps(config))
+    flags = {"deepspeed": str(tmp_path / "bad.json"), "gpu_memory_gb": 80}
+    arguments = _arguments(tmp_path, tiny_checkpoint, synthetic_data, **flags)
+
+    strategy = read_strategy(arguments.training)
+    assert len(strategy.problems) == 1 and f"zero_optimization.stage is {stage!r}" in strategy.problems[0]
+    from_preflight = [p for p in argument_problems(arguments) if "zero_optimization.stage" in p]
+    assert from_preflight == list(strategy.problems) == strategy_problems(arguments.training)
+    assert memory_problems(arguments, 2) == from_preflight  # not "cannot plan the memory"
+    with pytest.raises(StrategyError) as refused:
+        strategy_of(arguments.training)
+    assert refused.value.problems == from_preflight
+    with pytest.raises(PreflightError) as refused:  # named once, not again by the memory check
+        preflight(arguments, "cpu", 2)
+    assert [p for p in refused.value.problems if "zero_optimization" in p] == from_preflight
+
+    # The launch's config (the flow's LaunchConfig.deepspeed, a dict beside the flags): the same.
+    launch_side = _arguments(tmp_path, tiny_checkpoint, synthetic_data, gpu_memory_gb=80)
+    inline = strategy_problems(launch_side.training, deepspeed=config)
+    assert len(inline) == 1 and "(inline config): zero_optimization.stage" in inline[0]
+    assert memory_problems(launch_side, 2, deepspeed=config) == inline
+
+
+def test_read_strategy_kinds(tmp_path):
+    from types import SimpleNamespace
+
+    from streamvln_model.config.strategies import read_strategy
+
+    def training(**flags):
+        return SimpleNamespace(**{"deepspeed": None, "fsdp": None, "fsdp_config": None, **flags})
+
+    assert (read_strategy(training()).kind, read_strategy(training()).name) == ("ddp", "DDP")
+    zero3 = read_strategy(training(deepspeed=str(REPO_ROOT / "configs" / "deepspeed" / "zero3_offload.json")))
+    assert (zero3.kind, zero3.stage, zero3.gather_on_save, zero3.problems) == ("zero3", 3, True, ())
+    assert zero3.name == "DeepSpeed ZeRO-3 (offload: optimizer, parameters)"
+    assert read_strategy(training(deepspeed=ZERO2), deepspeed={"zero_optimization": {}}).kind == "zero0"
+    fsdp = read_strategy(training(fsdp="shard_grad_op offload", fsdp_config={"fsdp_version": 1}))
+    assert (fsdp.kind, fsdp.name, fsdp.fsdp_reshard_after_forward, fsdp.offload_params) == (
+        "fsdp",
+        "FSDP1",
+        False,
+        True,
+    )
+    (tmp_path / "list.json").write_text("[1]")
+    listed = read_strategy(training(deepspeed=str(tmp_path / "list.json")))
+    assert listed.kind == "ddp" and "a DeepSpeed config is a JSON object, not a list" in listed.problems[0]
+
+
 def test_preflight_refuses_deepspeed_without_the_package(
     tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
 ):
@@ -313,19 +363,13 @@ def test_the_flow_refuses_a_launch_deepspeed_config_with_fsdp_flags(
     flow_env, tiny_checkpoint, synthetic_data, tmp_path
 ):
     """The launch's DeepSpeed config meets the request's --fsdp in the environment stage."""
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig
-
-    request = tiny_request(
+    state = train_flow(
         model_name_or_path=str(tiny_checkpoint),
         video_folder=str(synthetic_data),
         output_dir=str(tmp_path / "out"),
         extra_args={"fsdp": True, "fsdp_config": FSDP_CONFIG},
-    )
-    state = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu", nproc_per_node=2, deepspeed=ZERO2),
-        plan_root=str(flow_env),
+        launch={"nproc_per_node": 2, "deepspeed": ZERO2},
+        plan_root=flow_env,
         plan_only=True,
         return_state=True,
     )

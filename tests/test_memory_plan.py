@@ -1,7 +1,7 @@
 """The memory plan predicts what training really holds, and refuses what cannot fit.
 
 * Bytes: for the tiny model on CPU, parameters + gradients + optimizer states predicted by
-  streamvln_model/memory_plan.py match the tensors one real training step holds (within 10%):
+  streamvln_model/training/memory/ match the tensors one real training step holds (within 10%):
   DDP measured with the HF Trainer and the optimizer it builds (tests/memory_probe.py), ZeRO-2 in a
   real 2-rank DeepSpeed run over gloo (per rank: the bf16 weights, the gradient partition, the fp32
   master partition + AdamW states).
@@ -31,7 +31,7 @@ from streamvln_model.model.builder import meta_model
 from streamvln_model.model.configuration import StreamVLNConfig
 from streamvln_model.model.freezing import FreezingPlan
 from streamvln_model.synthetic.checkpoint import preset_config
-from streamvln_model.training.memory_plan import (
+from streamvln_model.training.memory import (
     GIB,
     Precision,
     Strategy,
@@ -107,6 +107,7 @@ def assert_matches(measured: dict, predicted) -> None:
     assert within(total, sum(pairs.values())), (total, sum(pairs.values()))
 
 
+@pytest.mark.processes  # a training step in a subprocess (tests/memory_probe.py)
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp32"])
 def test_ddp_bytes_match_one_real_training_step(probe_data, tmp_path, bf16: bool) -> None:
     """Trainer + torch AdamW at world size 1 (no DDP buckets): 2+2+4 bytes/param under --bf16
@@ -216,6 +217,7 @@ def test_encoder_layer_formula_matches_saved_tensors() -> None:
     assert within(measured, predicted), (measured, predicted)
 
 
+@pytest.mark.slow  # a whole-model forward with activation hooks (~4 s)
 def test_whole_model_activations_on_a_real_batch(probe_data) -> None:
     """The tiny model (tower, projector, LLM, labelled-positions loss) on two samples with history;
     the template's text and label counts stay within the plan's per-turn estimates."""
@@ -227,7 +229,7 @@ def test_whole_model_activations_on_a_real_batch(probe_data) -> None:
     from streamvln_model.model.modeling import StreamVLNForCausalLM
     from streamvln_model.model.tokenizer import load_tokenizer
     from streamvln_model.model.vision import build_image_processor, resolve_vision_config
-    from streamvln_model.training.memory_plan import LABEL_TOKENS_PER_TURN, TEXT_BASE_TOKENS, TURN_TOKENS
+    from streamvln_model.training.memory import LABEL_TOKENS_PER_TURN, TEXT_BASE_TOKENS, TURN_TOKENS
 
     config = preset_config("tiny")
     tokenizer = load_tokenizer()
@@ -340,7 +342,7 @@ def test_7b_on_8x80gb_ddp_does_not_fit_and_zero2_does(checkpoint_7b) -> None:
       tower 26·2·(32·729)·1152 + one layer + pixels, projector 2·32·729·(1152 + 2·3584) ≈ 6.1e9 B.
     """
     from streamvln_model.config.arguments import resolve_flags
-    from streamvln_model.training.memory_plan import memory_problems, plan_memory
+    from streamvln_model.training.memory import memory_problems, plan_memory
 
     psi, psi_t = 8_030_345_248, 8_030_345_248 - 2_304
     ddp = plan_memory(resolve_flags(flags_7b(checkpoint_7b)), world_size=8)
@@ -488,6 +490,7 @@ def tiny_flags(checkpoint: Path, data: Path, tmp_path: Path, **over) -> dict:
     return {**flags, **paths, **over}
 
 
+@pytest.mark.slow  # three preflights on the tiny checkpoint (~6 s)
 def test_preflight_refuses_a_run_that_cannot_fit(tiny_checkpoint, synthetic_data, tmp_path) -> None:
     from streamvln_model.config.arguments import resolve_flags
     from streamvln_model.config.preflight import PreflightError, preflight
@@ -518,9 +521,7 @@ def test_flow_shows_the_memory_plan_and_refuses_what_cannot_fit(
         FlowRunFilterId,
     )
 
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig
-    from tests.helpers import run_plan_only, task_states, tiny_request
+    from tests.helpers import run_plan_only, task_states, tiny_request, train_flow
 
     request = tiny_request(
         model_name_or_path=str(tiny_checkpoint),
@@ -541,16 +542,12 @@ def test_flow_shows_the_memory_plan_and_refuses_what_cannot_fit(
     rows = json.loads(artifacts[0].data) if isinstance(artifacts[0].data, str) else artifacts[0].data
     assert rows[0]["strategy"] == "DDP" and rows[0]["change"] == "(this run)"
 
-    tight = tiny_request(
+    state = train_flow(
         model_name_or_path=str(tiny_checkpoint),
         video_folder=str(synthetic_data),
         output_dir=str(tmp_path / "tight"),
         gpu_memory_gb=0.01,
-    )
-    state = streamvln_train(
-        **tight.groups(),
-        launch=LaunchConfig(device="cpu"),
-        plan_root=str(tmp_path / "plans"),
+        plan_root=tmp_path / "plans",
         plan_only=True,
         return_state=True,
     )
@@ -634,8 +631,11 @@ def test_gpu_check_mfu_arithmetic(gpu_check) -> None:
     assert gpu_check.peak_tflops("Tesla T4") is None and gpu_check.peak_tflops("Tesla T4", 65.0) == 65.0
 
 
-def test_plan_artifacts_and_metrics_reach_mlflow(tmp_path) -> None:
-    """`log_plan` adds plan/memory_plan.json and memory.predicted_* metrics to the run."""
+def test_plan_artifacts_and_metrics_reach_mlflow(mlflow_tracking, tmp_path) -> None:
+    """`log_plan` adds plan/memory_plan.json and memory.predicted_* metrics to the run (on the
+    session's MLflow server: a fresh SQLite store would spend ~5 s on its schema migrations)."""
+    import uuid
+
     import mlflow
 
     from tasks.memory import memory_result
@@ -644,25 +644,22 @@ def test_plan_artifacts_and_metrics_reach_mlflow(tmp_path) -> None:
 
     shape = shape_of(preset_config("tiny"))
     memory = memory_result(report(shape, small_workload(shape), Precision(4, 4, False), Strategy(), 1, 80))
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
-        client = mlflow.MlflowClient()
-        experiment = client.create_experiment("memory-plan", artifact_location=str(tmp_path / "artifacts"))
-        run_id = client.create_run(experiment).info.run_id
-        plan_path = tmp_path / "plan.json"
-        plan_path.write_text("{}")
-        data = DataPlan(index_path="i", fingerprint="f", summary={"sources": ["s"], "samples": 3})
-        arguments = ResolvedArguments(flags={}, model={}, data={}, training={})
-        log_plan.fn(
-            run_id, arguments, data, GradientPlan(parts=[], counts={"trainable": 1}), str(plan_path), memory
-        )
-        run = client.get_run(run_id)
-        assert run.data.tags["memory.strategy"] == "DDP"
-        assert run.data.metrics["memory.predicted_peak_gib"] == pytest.approx(memory.peak_bytes / GIB)
-        logged = json.loads(
-            (tmp_path / "artifacts" / run_id / "artifacts" / "plan" / "memory_plan.json").read_text()
-        )
-        assert logged["fits"] is True and logged["rows"][0]["change"] == "(this run)"
-    finally:
-        mlflow.set_tracking_uri(previous)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(
+        f"memory-plan-{uuid.uuid4().hex[:8]}", artifact_location=str(tmp_path / "artifacts")
+    )
+    run_id = client.create_run(experiment).info.run_id
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text("{}")
+    data = DataPlan(index_path="i", fingerprint="f", summary={"sources": ["s"], "samples": 3})
+    arguments = ResolvedArguments(flags={}, model={}, data={}, training={})
+    log_plan.fn(
+        run_id, arguments, data, GradientPlan(parts=[], counts={"trainable": 1}), str(plan_path), memory
+    )
+    run = client.get_run(run_id)
+    assert run.data.tags["memory.strategy"] == "DDP"
+    assert run.data.metrics["memory.predicted_peak_gib"] == pytest.approx(memory.peak_bytes / GIB)
+    logged = json.loads(
+        (tmp_path / "artifacts" / run_id / "artifacts" / "plan" / "memory_plan.json").read_text()
+    )
+    assert logged["fits"] is True and logged["rows"][0]["change"] == "(this run)"
