@@ -58,7 +58,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-NUM_FRAMES, NUM_HISTORY, NUM_FUTURE_STEPS = 32, 8, 4  # published configuration
+# StreamVLN's sample shape (streamvln_model/config/sample_shape.py), read where streamvln_model is
+# imported anyway: importing it here would load torch into every phase, `--help` included.
 MIN_STEPS, MAX_STEPS, MEAN_STEPS, SD_STEPS = 30, 150, 80, 28  # R2R / ScaleVLN-like episode lengths
 BUILD_BAR_S = 60.0
 MEMORY_BAR = 5.0  # ours must need less than 1/MEMORY_BAR of the published way, per worker
@@ -66,45 +67,6 @@ PHOTO_SIZE = (640, 480)  # (width, height) of the released R2R/RxR frames
 TINY_SIZE = (64, 48)
 RESULT = "RESULT "
 MIB = 1024 * 1024
-
-_OPENINGS = (
-    "Walk past the",
-    "Exit the room through the door next to the",
-    "Go straight down the hallway toward the",
-    "Head up the stairs and stop beside the",
-    "Leave the",
-    "Move forward until you reach the",
-    "With the window on your right, walk toward the",
-    "Enter the room opposite the",
-)
-_PLACES = (
-    "kitchen island",
-    "dining table",
-    "staircase",
-    "bedroom door",
-    "grey sofa",
-    "bathroom sink",
-    "fireplace",
-    "large painting",
-    "glass doors",
-    "white cabinet",
-    "potted plant",
-    "laundry room",
-    "wooden bench",
-    "pool table",
-    "open closet",
-    "piano",
-    "bookshelf",
-    "front entrance",
-)
-_LINKS = (
-    ", then turn left at the",
-    " and continue past the",
-    ", keep going until you see the",
-    " and wait next to the",
-    ", go around the",
-    " and turn right once you pass the",
-)
 
 
 # --- generating the source ---------------------------------------------------------------------
@@ -137,82 +99,64 @@ def scene_names(count: int, rng: random.Random) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(11)) for _ in range(count)]
 
 
-def instruction(rng: random.Random) -> str:
-    """A navigation instruction of 150-300 characters."""
-    target = rng.randint(150, 300)
-    text = f"{rng.choice(_OPENINGS)} {rng.choice(_PLACES)}"
-    while len(text) < target:
-        text += f"{rng.choice(_LINKS)} {rng.choice(_PLACES)}"
-        if rng.random() < 0.3:
-            text += f". {rng.choice(_OPENINGS)} {rng.choice(_PLACES)}"
-    return text[:300].rstrip(" ,") + "."
-
-
 def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
-def tiny_frame() -> bytes:
-    """One 64x48 JPEG (a gradient): the build only lists and stats frames, it never decodes them."""
-    y, x = np.mgrid[0 : TINY_SIZE[1], 0 : TINY_SIZE[0]]
-    image = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
-    return jpeg_bytes(image)
-
-
-def write_frames(folder: Path, count: int, data: bytes) -> None:
-    """`000.jpg ..`: the first written, the rest hard links to it (copies where links fail)."""
-    rgb = folder / "rgb"
-    rgb.mkdir(parents=True, exist_ok=True)
-    first = rgb / "000.jpg"
-    first.write_bytes(data)
-    for step in range(1, count):
-        target = rgb / f"{step:03d}.jpg"
-        try:
-            os.link(first, target)
-        except OSError:
-            shutil.copyfile(first, target)
-
-
 def generate_source(source: Path, episodes: int, folders: int, seed: int = 0) -> dict[str, Any]:
-    """The published layout: annotations.json + images/<scene>_<length>_<k>/rgb/NNN.jpg."""
+    """The published layout, by streamvln_model.synthetic.trajectories' helpers: annotations.json +
+    images/<scene>_synth_NNNNNN/rgb/NNN.jpg, episodes sharing a pool of frame folders (one pool per
+    episode length), each folder one tiny rendered JPEG hard-linked per step."""
+    from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
+    from streamvln_model.files import write_json_atomically
+    from streamvln_model.synthetic.trajectories import (
+        ANNOTATIONS_FILE,
+        annotation,
+        frame_name,
+        instruction,
+        render_frame,
+        video_name,
+        write_linked_frames,
+    )
+
     rng = np.random.default_rng(seed)
     text_rng = random.Random(seed)
     lengths = episode_lengths(rng, episodes)
     pool = folders_per_length(lengths, folders)
     scenes = scene_names(90, text_rng)
-    names = {
-        length: [f"images/{scenes[(length * 7 + k) % len(scenes)]}_{length:03d}_{k:02d}" for k in range(n)]
-        for length, n in pool.items()
-    }
-    frame = tiny_frame()
+    names: dict[int, list[str]] = {}
+    for length, n in pool.items():
+        first = sum(len(videos) for videos in names.values())
+        names[length] = [
+            f"images/{video_name(first + k, scenes[(length * 7 + k) % len(scenes)])}" for k in range(n)
+        ]
+    frame = render_frame([None] * STREAMVLN_SHAPE.num_future_steps, TINY_SIZE, rng)
     for length, videos in names.items():
         for video in videos:
-            write_frames(source / video, length, frame)
+            write_linked_frames(source / video / "rgb", frame, length)
     moves = rng.choice(np.array([1, 2, 3], dtype=np.int64), size=int(lengths.sum()), p=[0.7, 0.15, 0.15])
     ends = np.cumsum(lengths - 1)
-    annotations = []
-    for i, length in enumerate(lengths.tolist()):
-        videos = names[length]
-        annotations.append(
-            {
-                "id": i,
-                "video": videos[int(rng.integers(len(videos)))],
-                "instructions": [instruction(text_rng) for _ in range(text_rng.randint(2, 3))],
-                "actions": [-1, *moves[ends[i] - (length - 1) : ends[i]].tolist()],
-            }
+    annotations = [
+        annotation(
+            i,
+            names[length][int(rng.integers(len(names[length])))],
+            [instruction(rng, min_chars=150)[:300] for _ in range(text_rng.randint(2, 3))],
+            moves[ends[i] - (length - 1) : ends[i]].tolist(),
         )
-    with open(source / "annotations.json", "w") as handle:
-        json.dump(annotations, handle)
+        for i, length in enumerate(lengths.tolist())
+    ]
+    write_json_atomically(source / ANNOTATIONS_FILE, annotations)
+    first_frame = source / names[int(lengths[0])][0] / "rgb" / frame_name(0, int(lengths[0]))
     return {
         "episodes": episodes,
         "folders": folders,
         "pool_frames": int(sum(length * n for length, n in pool.items())),
         "episode_frames": int(lengths.sum()),
         "mean_steps": float(lengths.mean()),
-        "annotations_mib": (source / "annotations.json").stat().st_size / MIB,
-        "frame_bytes": len(frame),
+        "annotations_mib": (source / ANNOTATIONS_FILE).stat().st_size / MIB,
+        "frame_bytes": first_frame.stat().st_size,
     }
 
 
@@ -328,12 +272,7 @@ class PublishedIndex:
 def settings_for(source: Path):
     from streamvln_model.data.validation.check import DataSettings
 
-    return DataSettings(
-        video_folder=str(source),
-        num_frames=NUM_FRAMES,
-        num_history=NUM_HISTORY,
-        num_future_steps=NUM_FUTURE_STEPS,
-    )
+    return DataSettings(video_folder=str(source))  # StreamVLN's sample shape
 
 
 def folder_mib(path: Path) -> float:
@@ -443,11 +382,12 @@ def permutation(n: int, seed: int) -> Iterator[int]:
 
 def _worker(connection, index, tokenizer, spec, worker: int, plans: int, epoch: str) -> None:
     """A forked loader worker: plans, then an epoch of row access, then a full collection."""
+    from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
     from streamvln_model.data.datasets.navigation import VLNActionDataset
 
     figures: dict[str, Any] = {"start": memory()}
     if index is not None:
-        dataset = VLNActionDataset(index, tokenizer, spec, None, NUM_FRAMES, NUM_HISTORY, NUM_FUTURE_STEPS)
+        dataset = VLNActionDataset(index, tokenizer, spec, None, STREAMVLN_SHAPE)
         rng = random.Random(worker)
         chosen = [rng.randrange(len(index)) for _ in range(plans)]
         started = time.perf_counter()
@@ -469,6 +409,7 @@ def _worker(connection, index, tokenizer, spec, worker: int, plans: int, epoch: 
 
 def phase_workers(args: argparse.Namespace) -> dict[str, Any]:
     """Open the data as training does, fork K workers, gather their memory figures."""
+    from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
     from streamvln_model.data.datasets.navigation import VLNActionDataset  # noqa: F401  (imported before fork)
     from streamvln_model.data.index.folder import open_index
     from streamvln_model.model.conversation import prepare_tokenizer
@@ -483,7 +424,7 @@ def phase_workers(args: argparse.Namespace) -> dict[str, Any]:
     if args.way == "ours":
         index = open_index(args.index, settings_for(source)).navigation
     elif args.way == "published":
-        index = PublishedIndex([str(source)], NUM_FRAMES)
+        index = PublishedIndex([str(source)], STREAMVLN_SHAPE.num_frames)
     else:
         index = None
     load_s = time.perf_counter() - started

@@ -5,7 +5,7 @@ SigLIP pixels. The bound is the least work that any loader must do for the same 
 decode, resize and float32-normalise exactly the frames those samples touch, with Pillow and
 numpy and nothing else. The bench prints, per workload, CPU samples/s of
 
-- `dataset`: `VLNActionDataset.__getitem__` as training runs it (`streamvln_model.data.images`);
+- `dataset`: `VLNActionDataset.__getitem__` as training runs it (`streamvln_model.data.media.images`);
 - `bound`: the frames alone, decode + resize + normalise;
 - `old`: the same samples through the transformers `SiglipImageProcessorPil` (the previous path);
 - `augmented`: the same samples with the published data augmentation on every frame;
@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
 from streamvln_model.data.datasets.navigation import VLNActionDataset
 from streamvln_model.data.formats.annotations import load_episodes
 from streamvln_model.data.index.tables import build_index
@@ -53,7 +54,9 @@ from streamvln_model.synthetic import write_trajectories
 
 FRAME_SIZE = (640, 480)  # (width, height) of the published R2R/RxR renders
 IMAGE_SIZE = 384  # SigLIP-so400m-patch14-384
-NUM_FRAMES, NUM_FUTURE_STEPS, NUM_HISTORY = 32, 4, 8
+NUM_FRAMES, NUM_FUTURE_STEPS, NUM_HISTORY = (
+    STREAMVLN_SHAPE.num_frames, STREAMVLN_SHAPE.num_future_steps, STREAMVLN_SHAPE.num_history
+)  # fmt: skip
 BAR = 0.9
 
 
@@ -77,7 +80,7 @@ def navigation_workload(root: Path, episodes: int, processor: SiglipImageProcess
     tokenizer = load_tokenizer()
     spec = prepare_tokenizer(tokenizer)
     index, _ = build_index(load_episodes(str(data)), NUM_FRAMES, NUM_HISTORY, NUM_FUTURE_STEPS)
-    dataset = VLNActionDataset(index, tokenizer, spec, processor, NUM_FRAMES, NUM_HISTORY, NUM_FUTURE_STEPS)
+    dataset = VLNActionDataset(index, tokenizer, spec, processor, STREAMVLN_SHAPE)
     plans = [dataset.plan(i) for i in range(len(dataset))]
 
     def text(i: int) -> object:

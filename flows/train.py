@@ -9,7 +9,7 @@ Each flow run trains into its own run folder, locked for its lifetime; `resume_f
 an earlier run's folder, checkpoints and MLflow run.
 """
 
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -41,19 +41,9 @@ from tasks.saving import save_model
 from tasks.secrets import load_secret_blocks
 from tasks.tokenizer import setup_tokenizer
 from tasks.tracking import close_run, log_plan, open_run, tracking_uri
-from tasks.trainer_init import checkpoint_step, init_trainer
-from tasks.training import train
-from tasks.types import (
-    DataPlan,
-    EnvironmentPlan,
-    GradientPlan,
-    MemoryPlan,
-    ModelPlan,
-    ResolvedArguments,
-    TokenizerPlan,
-    TrainerPlan,
-    VisionPlan,
-)
+from tasks.trainer_init import checkpoint_step, write_trainer_plan
+from tasks.training import training_loop
+from tasks.types import Plans, TrainerPlan
 from tasks.vision import setup_vision
 
 
@@ -75,19 +65,6 @@ class TrainFlowResult(BaseModel):
     first_loss: float | None = None
     last_loss: float | None = None
     data_fingerprint: str | None = None
-
-
-class Plans(NamedTuple):
-    """What the planning stages decided (all cached and keyed on content)."""
-
-    arguments: ResolvedArguments
-    environment: EnvironmentPlan
-    model: ModelPlan
-    tokenizer: TokenizerPlan
-    vision: VisionPlan
-    gradients: GradientPlan
-    memory: MemoryPlan
-    data: DataPlan
 
 
 def plan_run(request: TrainRequest, launch: LaunchConfig, plan_root: str, index_root: str | None) -> Plans:
@@ -171,10 +148,7 @@ def streamvln_train(
         )
         if folder.record.finished:
             return _nothing_to_do(result, folder, "this run finished already")
-        trainer_plan = init_trainer(
-            arguments, plans.environment, plans.model, plans.tokenizer, plans.vision, plans.gradients,
-            data_plan, launch, run_dir=str(folder.path), memory=plans.memory,
-        )  # fmt: skip
+        trainer_plan = write_trainer_plan(plans, launch, run_dir=str(folder.path))
         result.plan_path = trainer_plan.plan_path
         result.resumed_from_step = checkpoint_step(trainer_plan.resume_from)
         if plan_only:
@@ -230,7 +204,7 @@ def _train_and_register(
             log_dataset_inputs(
                 run_id, data_plan.fingerprint, data_plan.summary["sources"], data_plan.summary["samples"]
             )
-        trained = train.with_options(retries=train_retries)(
+        trained = training_loop.with_options(retries=train_retries)(
             trainer_plan, run_id, record.tracking_uri, launch.timeout_s, secret_environment(request)
         )
         result.steps, result.world_size = trained.steps, trained.world_size

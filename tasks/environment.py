@@ -4,7 +4,7 @@ The launch machine's checks are preflight's (`machine_plan`): a device that is n
 process count the devices cannot hold fail here; published defaults the machine cannot honour
 (flash_attention_2 without flash-attn on CUDA, TF32 without an Ampere GPU) are substituted and
 logged once. The sharding strategy (`LaunchConfig.deepspeed`, or `--deepspeed` / `--fsdp` in the
-request) is checked here too (streamvln_model/strategies.py), and its config files reach the
+request) is checked here too (streamvln_model/config/strategies.py), and its config files reach the
 workers as absolute paths.
 """
 
@@ -16,7 +16,7 @@ from prefect import get_run_logger
 
 from streamvln_model.config.arguments import Arguments
 from streamvln_model.config.preflight import PreflightError, machine_plan
-from streamvln_model.config.strategies import deepspeed_config_problems, read_deepspeed_config, strategy_name
+from streamvln_model.config.strategies import read_strategy, strategy_problems
 from streamvln_model.model.precision import weight_dtype
 from tasks.caching import planning_task
 from tasks.model import parsed
@@ -50,14 +50,15 @@ def setup_environment(arguments: ResolvedArguments, launch: LaunchConfig) -> Env
     if launch.deepspeed:  # the run trains with it: preflight it like a --deepspeed flag
         resolved.training.deepspeed = files["deepspeed"]
     plan = machine_plan(resolved, launch.device, launch.nproc_per_node)
+    strategy = read_strategy(resolved.training)
     deepspeed_config = None
     if launch.deepspeed:  # the request's own --deepspeed was checked with the arguments
-        plan.problems += deepspeed_config_problems(resolved.training)
-        deepspeed_config = read_deepspeed_config(files["deepspeed"])[0]
+        plan.problems += strategy_problems(resolved.training)
+        deepspeed_config = strategy.config
     plan.worker_flags.update(files)
     if plan.problems:
         raise PreflightError(plan.problems)
-    get_run_logger().info("sharding: %s", strategy_name(resolved.training))
+    get_run_logger().info("sharding: %s", strategy.name)
     for line in plan.substitutions:
         get_run_logger().warning("substitution: %s", line)
     return EnvironmentPlan(

@@ -68,11 +68,6 @@ def model_version_url(tracking_uri: str, model_name: str, version: str | int) ->
     return f"{_server(tracking_uri)}/#/models/{quote(model_name, safe='')}/versions/{version}"
 
 
-def artifact_download_url(tracking_uri: str, run_id: str, path: str) -> str:
-    """The server's download route for one run artifact (what the MLflow UI's image preview uses)."""
-    return f"{_server(tracking_uri)}/get-artifact?path={quote(path)}&run_uuid={run_id}"
-
-
 def mlflow_run_markdown(
     run_id: str,
     tracking_uri: str,

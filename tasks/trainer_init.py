@@ -15,21 +15,11 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
+from streamvln_model.checkpoint.staging import resume_checkpoint
 from streamvln_model.files import write_text_atomically
-from streamvln_model.training.trainer import resume_checkpoint
 from tasks.caching import side_effect_task
 from tasks.parameters import LaunchConfig
-from tasks.types import (
-    DataPlan,
-    EnvironmentPlan,
-    GradientPlan,
-    MemoryPlan,
-    ModelPlan,
-    ResolvedArguments,
-    TokenizerPlan,
-    TrainerPlan,
-    VisionPlan,
-)
+from tasks.types import Plans, TrainerPlan
 
 PLAN_FILE = "plan.json"
 
@@ -82,21 +72,15 @@ def slurm_head_endpoint() -> str:
 
 
 @side_effect_task("trainer-initialization")
-def init_trainer(
-    arguments: ResolvedArguments,
-    environment: EnvironmentPlan,
-    model: ModelPlan,
-    tokenizer: TokenizerPlan,
-    vision: VisionPlan,
-    gradients: GradientPlan,
-    data: DataPlan,
-    launch: LaunchConfig,
-    run_dir: str,
-    memory: MemoryPlan | None = None,
-) -> TrainerPlan:
-    """plan.json = the run as data: the request's flags, the launch machine's flags, and the
-    arguments the flags resolve to (the worker re-resolves them and checks they are equal).
-    The workers write into `run_dir` (this flow run's folder under the request's output_dir)."""
+def write_trainer_plan(plans: Plans, launch: LaunchConfig, run_dir: str) -> TrainerPlan:
+    """Trainer Initialization, as far as the flow host goes: write plan.json and the worker command
+    (the torchrun workers build the Trainer from it) and find the checkpoint they will resume.
+
+    plan.json = the run as data: the request's flags, the launch machine's flags, and the
+    arguments the flags resolve to (the worker re-resolves them and checks they are equal), with
+    every planning stage's result. The workers write into `run_dir` (this flow run's folder under
+    the request's output_dir)."""
+    arguments, environment, data, memory = plans.arguments, plans.environment, plans.data, plans.memory
     output_dir = Path(run_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     worker_flags = {**environment.worker_flags, "data_index": data.index_path, "output_dir": str(output_dir)}
@@ -106,12 +90,12 @@ def init_trainer(
         "arguments": {"model": arguments.model, "data": arguments.data, "training": arguments.training},
         "substitutions": environment.substitutions,
         "environment": environment.model_dump(),
-        "model": {k: v for k, v in model.model_dump().items() if k != "config"},
-        "tokenizer": tokenizer.model_dump(),
-        "vision": vision.model_dump(),
-        "gradients": gradients.model_dump(),
+        "model": {k: v for k, v in plans.model.model_dump().items() if k != "config"},
+        "tokenizer": plans.tokenizer.model_dump(),
+        "vision": plans.vision.model_dump(),
+        "gradients": plans.gradients.model_dump(),
         "data": data.model_dump(),
-        "memory": memory.model_dump() if memory else None,  # predicted per-GPU bytes (memory_plan.py)
+        "memory": memory.model_dump() if memory else None,  # predicted per-GPU bytes (training/memory/)
     }
     plan_path = output_dir / PLAN_FILE
     write_text_atomically(plan_path, json.dumps(plan, indent=2, default=str))

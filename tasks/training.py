@@ -33,7 +33,8 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import SecretStr
 
-from streamvln_model.training.trainer import PROGRESS_PREFIX, resume_checkpoint
+from streamvln_model.checkpoint.staging import resume_checkpoint
+from streamvln_model.training.trainer import PROGRESS_PREFIX
 from tasks.caching import side_effect_task
 from tasks.types import TrainerPlan, TrainResult
 
@@ -360,7 +361,7 @@ def relaunch_may_help(task, task_run, state) -> bool:
 
 
 @side_effect_task("training-loop", retries=0, retry_condition_fn=relaunch_may_help)
-def train(
+def training_loop(
     plan: TrainerPlan,
     mlflow_run_id: str | None,
     tracking_uri: str | None,

@@ -9,7 +9,7 @@ list, a Path as a str).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import to_jsonable_python
@@ -77,7 +77,7 @@ class GradientPlan(StageResult):
 
 
 class MemoryPlan(StageResult):
-    """Predicted per-GPU memory of the run (streamvln_model/memory_plan.py) and the verdict.
+    """Predicted per-GPU memory of the run (streamvln_model/training/memory/) and the verdict.
 
     `fits` is None without `--gpu_memory_gb`; `rows` is the table the UI and MLflow show (the run
     first, then each cheaper-first change), `estimate` the run's full breakdown in bytes.
@@ -123,6 +123,19 @@ class SavedModel(StageResult):
     registered_name: str
     version: str
     alias: str
+
+
+class Plans(NamedTuple):
+    """What the planning stages decided (all cached and keyed on content): stages 1-7's results."""
+
+    arguments: ResolvedArguments
+    environment: EnvironmentPlan
+    model: ModelPlan
+    tokenizer: TokenizerPlan
+    vision: VisionPlan
+    gradients: GradientPlan
+    memory: MemoryPlan
+    data: DataPlan
 
 
 # The only classes a cached or persisted result may decode to (by class name).

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 from streamvln_model.config.arguments import Arguments
+from streamvln_model.config.errors import FlagError, InputError
 from streamvln_model.config.field_status import field_problems
-from streamvln_model.config.strategies import combination_problems, deepspeed_config_problems, fsdp_problems
+from streamvln_model.config.strategies import combination_problems, strategy_problems
 from streamvln_model.data.datasets.sampling import validate_sampling
 from streamvln_model.data.validation.errors import DataValidationError
 from streamvln_model.model.quantization import bitsandbytes_missing
@@ -32,11 +33,9 @@ from streamvln_model.model.quantization import bitsandbytes_missing
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class PreflightError(DataValidationError):
-    """Every reason a run cannot start, collected before anything expensive."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__(problems)
+class PreflightError(InputError):
+    """Every reason a run cannot start (flags, machine, checkpoint, data settings), collected
+    before anything expensive."""
 
     def __str__(self) -> str:
         return f"{len(self.problems)} problem(s) before launch:\n  " + "\n  ".join(self.problems)
@@ -127,7 +126,7 @@ def _path_problems(arguments: Arguments) -> list[str]:
         )
     if not data.video_folder and not data.data_index:
         problems.append("--video_folder: missing. Fix: comma-separated trajectory source folders")
-    problems += deepspeed_config_problems(training) + fsdp_problems(training)
+    problems += strategy_problems(training)
     return problems
 
 
@@ -201,7 +200,8 @@ def _precision_problems(training, device: str) -> list[str]:
 
 def checkpoint_report(arguments: Arguments) -> tuple[list[str], list[str]]:
     """(problems, unexpected weight names) for the checkpoint, from its config and headers only."""
-    from streamvln_model.model.builder import checkpoint_problems, meta_model, model_config
+    from streamvln_model.checkpoint.headers import checkpoint_problems
+    from streamvln_model.model.builder import meta_model, model_config
     from streamvln_model.model.freezing import freezing_plan, no_trainable_problem
     from streamvln_model.model.lora import planned_model
     from streamvln_model.model.vision import vision_select_problems
@@ -221,7 +221,7 @@ def checkpoint_report(arguments: Arguments) -> tuple[list[str], list[str]]:
         problems.append(nothing_trains)
     try:
         weight_problems, unexpected = checkpoint_problems(arguments.model.model_name_or_path, model)
-    except DataValidationError as err:
+    except FlagError as err:
         return problems + err.problems, []
     return problems + weight_problems, unexpected
 
@@ -276,6 +276,6 @@ def preflight(
 
 
 def _memory_problems(arguments: Arguments, world_size: int, deepspeed: str | dict | None) -> list[str]:
-    from streamvln_model.training.memory_plan import memory_problems
+    from streamvln_model.training.memory import memory_problems
 
     return memory_problems(arguments, world_size, deepspeed)

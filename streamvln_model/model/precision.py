@@ -10,7 +10,7 @@ set (so under `--fp16`, and in fp32 runs too), which leaves a trainable tower wi
 the GradScaler refuses and silently runs an "fp32" run's tower in fp16.
 
 fp16 on a CPU host: accelerate (1.15 here) turns fp16 autocast and loss scaling off on CPU, so
-a Trainer step runs, in plain fp32. That is allowed; `precision_notes` says so for the logs.
+a Trainer step runs, in plain fp32. That is allowed (tests/test_precision.py trains such a step).
 """
 
 from __future__ import annotations
@@ -41,20 +41,10 @@ def precision_problems(training_args, device: str) -> list[str]:
 
     transformers' TrainingArguments already refuses fp16 + bf16; checking again keeps preflight
     correct for arguments that did not go through its __post_init__ (e.g. edited plans).
-    fp16 on CPU is not a problem: it runs (in fp32, see `precision_notes`).
+    fp16 on CPU is not a problem: it runs (in fp32: accelerate has no fp16 autocast on CPU).
     """
     _device_type(device)  # an unknown device string fails here, not later in the worker
     problems = []
     if training_args.fp16 and training_args.bf16:
         problems.append("--fp16 and --bf16 are both set. Fix: pass only one (--bf16 true, as published)")
     return problems
-
-
-def precision_notes(training_args, device: str) -> list[str]:
-    """Flags that run but do not do what they say on `device`, for the run log (not errors)."""
-    if training_args.fp16 and not training_args.bf16 and _device_type(device) == "cpu":
-        return [
-            "--fp16 on cpu: accelerate runs no fp16 autocast or loss scaling on CPU, so training "
-            "runs in fp32. For reduced precision on CPU pass --bf16 true instead"
-        ]
-    return []

@@ -9,6 +9,7 @@ images is stuck near 1/3 accuracy, while one that reads its frames can reach ~10
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from streamvln_model.config.sample_shape import STREAMVLN_SHAPE
 from streamvln_model.files import write_json_atomically
 from streamvln_model.model.constants import (
     ACTION_FORWARD,
@@ -165,8 +167,17 @@ def decode_frame(image: Image.Image, num_future_steps: int) -> list[int | None]:
     return decoded
 
 
-def _instruction(rng: np.random.Generator) -> str:
-    """One short English instruction from a random template and random words."""
+def instruction(rng: np.random.Generator, min_chars: int = 0) -> str:
+    """One English instruction from random templates and words, sentences added until it is at
+    least `min_chars` long (R2R/RxR instructions run ~150-300 characters; 0: one sentence)."""
+    text = _sentence(rng)
+    while len(text) < min_chars:
+        text += " " + _sentence(rng)
+    return text
+
+
+def _sentence(rng: np.random.Generator) -> str:
+    """One short English sentence from a random template and random words."""
     verb = str(rng.choice(_VERBS))
     first, second = rng.choice(len(_OBJECTS), size=2, replace=False)
     return str(rng.choice(_TEMPLATES)).format(
@@ -186,18 +197,38 @@ def _episode(
     """One annotation record; `len(actions)` is uniform in [min_steps, max_steps]."""
     length = int(rng.integers(min_steps, max_steps + 1))
     real = rng.choice(REAL_ACTIONS, size=length - 1)
-    instructions = [_instruction(rng) for _ in range(int(rng.integers(1, 4)))]
+    instructions = [instruction(rng) for _ in range(int(rng.integers(1, 4)))]
+    return annotation(episode_id, f"images/{video_name(episode_id, scene)}", instructions, real)
+
+
+def annotation(episode_id: int, video: str, instructions: Sequence[str], moves: Sequence[int]) -> dict:
+    """One `annotations.json` record as published: `actions` is the -1 placeholder, then `moves`."""
     return {
         "id": episode_id,
-        "video": f"images/{video_name(episode_id, scene)}",
-        "instructions": instructions,
-        "actions": [PLACEHOLDER_ACTION, *(int(action) for action in real)],
+        "video": video,
+        "instructions": list(instructions),
+        "actions": [PLACEHOLDER_ACTION, *(int(action) for action in moves)],
     }
 
 
-def _frame_name(index: int, count: int) -> str:
+def frame_name(index: int, count: int) -> str:
     """Zero-padded so that name order is step order (3 digits as published, more if ever needed)."""
     return f"{index:0{max(3, len(str(count - 1)))}d}.jpg"
+
+
+def write_linked_frames(rgb_dir: Path, frame: Image.Image, count: int) -> None:
+    """`count` frames in `rgb_dir`, all one JPEG: the first saved, the rest hard links to it (copies
+    where the filesystem has none). For checks that list and stat frames but never decode them
+    (bench/data_scale.py writes ScaleVLN-size sources this way)."""
+    rgb_dir.mkdir(parents=True, exist_ok=True)
+    first = rgb_dir / frame_name(0, count)
+    save_jpeg(first, frame)
+    for step in range(1, count):
+        target = rgb_dir / frame_name(step, count)
+        try:
+            os.link(first, target)
+        except OSError:
+            shutil.copyfile(first, target)
 
 
 def _write_frames(
@@ -209,7 +240,7 @@ def _write_frames(
     targets = targets_from_actions(episode["actions"])
     for step in range(len(targets)):
         frame = render_frame(upcoming_targets(targets, step, num_future_steps), image_size, rng)
-        save_jpeg(rgb_dir / _frame_name(step, len(targets)), frame)
+        save_jpeg(rgb_dir / frame_name(step, len(targets)), frame)
     return len(targets)
 
 
@@ -253,7 +284,7 @@ def write_trajectories(
     max_steps: int = 90,
     image_size: tuple[int, int] = (160, 120),
     seed: int = 0,
-    num_future_steps: int = 4,
+    num_future_steps: int = STREAMVLN_SHAPE.num_future_steps,
     overwrite: bool = False,
     scene: str | None = None,
 ) -> TrajectorySummary:

@@ -175,21 +175,10 @@ class CombinedDataset(Dataset):
         part, inner = self.locate(i)
         return self.datasets[part][inner]
 
-    def task_of(self, i: int) -> int:
-        return self.part_tasks[self.locate(i)[0]]
-
     @property
     def tasks(self) -> np.ndarray:
         """The task id of every sample, in order (one int8 each)."""
         return np.repeat(np.asarray(self.part_tasks, dtype=np.int8), self.lengths)
-
-    @property
-    def task_lengths(self) -> list[tuple[int, int]]:
-        """`(task, 1)` per sample: the published shape `--group_by_task` reads."""
-        return [(int(task), 1) for task in self.tasks]
-
-    def task_counts(self) -> dict[int, int]:
-        return dict(Counter(int(t) for t in self.tasks))
 
 
 def megabatch_size(per_device_batch: int, world_size: int, grad_accum: int) -> int:
@@ -201,7 +190,8 @@ class GroupByTaskSampler(Sampler[int]):
     """Single-task megabatches in a seeded random order (see the module docstring).
 
     `tasks` is the task id of each sample (`CombinedDataset.tasks`) or the published
-    `task_lengths` pairs. `dropped` tells how many samples of each task one epoch leaves out.
+    `(task, length)` pairs of `--group_by_task`. `dropped` tells how many samples of each task
+    one epoch leaves out.
     """
 
     def __init__(self, tasks: Sequence[int] | Sequence[tuple[int, int]], megabatch: int, seed: int = 0):

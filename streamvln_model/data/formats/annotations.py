@@ -38,11 +38,6 @@ class NavigationScan:
     annotation_files: list[tuple[int, str, bytes]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def frame_locations(self, folder: int) -> list[str]:
-        row = self.folders[folder]
-        base = storage.join(storage.join(self.roots[row["root"]].location, row["video"]), "rgb")
-        return [storage.join(base, name) for name in row["frames"]]
-
 
 def frame_folder(source: str, video: str) -> str:
     """Where an episode's frames live in the published layout: `<source>/<video>/rgb`."""

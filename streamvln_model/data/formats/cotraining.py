@@ -63,7 +63,7 @@ class CoTrainingSource:
         """Frames a row puts in front of the model (for the token estimate)."""
         if "images" in row:
             return len(row["images"])
-        return settings.frames_upbound or settings.num_frames
+        return settings.frames_upbound or settings.shape.num_frames
 
 
 def _read_entries(task: int, location: str, content: bytes) -> tuple[list, list[Problem]]:

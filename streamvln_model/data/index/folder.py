@@ -73,9 +73,9 @@ def _write_local(check: DataCheck, directory: Path) -> Path:
     try:
         nav, summary = build_index(
             check.navigation,
-            settings.num_frames,
-            settings.num_history,
-            settings.num_future_steps,
+            settings.shape.num_frames,
+            settings.shape.num_history,
+            settings.shape.num_future_steps,
             settings.remove_init_turns,
         )
         nav.save(partial / TASK_NAMES[NAVIGATION])

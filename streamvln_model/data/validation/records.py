@@ -21,7 +21,6 @@ QA = 1
 SCANQA = 2
 MMC4 = 3
 TASK_NAMES: dict[int, str] = {NAVIGATION: "navigation", QA: "qa", SCANQA: "scanqa", MMC4: "mmc4"}
-TASK_IDS: dict[str, int] = {name: task for task, name in TASK_NAMES.items()}
 
 
 @dataclass(frozen=True)
