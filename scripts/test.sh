@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# The project's test command: ./scripts/test.sh [pytest args...]
+# The project's test command: ./scripts/test.sh [--fast] [pytest args...]
+#   --fast  only the tests that need no server, no torchrun and no subprocess of the CLI or flow
+#           (pytest -m "not services and not processes and not slow"; docs/TESTING.md), and a
+#           closing line `fast tier: N tests in S s`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FAST_TIER="not services and not processes and not slow"
+
+fast=0
+args=()
+for arg in "$@"; do
+    if [[ "$arg" == "--fast" ]]; then fast=1; else args+=("$arg"); fi
+done
 
 scripts/setup.sh
 
@@ -12,4 +23,25 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export MLFLOW_DISABLE_TELEMETRY=true
 export DO_NOT_TRACK=1
 
-exec .venv/bin/python -m pytest "$@"
+if [[ $fast -eq 0 ]]; then
+    exec .venv/bin/python -m pytest "${args[@]}"
+fi
+
+report="$(mktemp -t streamvln-fast-XXXXXX.xml)"
+trap 'rm -f "$report"' EXIT
+start=$(date +%s.%N)
+rc=0
+.venv/bin/python -m pytest -m "$FAST_TIER" --junitxml="$report" "${args[@]}" || rc=$?
+end=$(date +%s.%N)
+.venv/bin/python - "$report" "$start" "$end" "$rc" <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+
+report, start, end, rc = sys.argv[1:]
+try:
+    tests = sum(int(suite.get("tests", 0)) for suite in ET.parse(report).getroot().iter("testsuite"))
+except (OSError, ET.ParseError):
+    tests = "?"
+print(f"fast tier: {tests} tests in {float(end) - float(start):.0f} s (exit {rc})")
+PY
+exit "$rc"

@@ -8,7 +8,15 @@ Fixtures (all session-scoped, started on first use, torn down at the end of the 
 * ``prefect_harness`` -> :class:`PrefectHarness`: Prefect's test harness (temporary API server
   and database) with ``PREFECT_HOME`` and result storage in a session temp dir.
 
-Process start, readiness polling and teardown live in ``tests/services.py``.
+Built on them:
+
+* ``mlflow_tracking`` (function) -> the ``MlflowServer``, set as the tracking URI for this process
+  and its subprocesses for one test (``tests.helpers.mlflow_tracking_at`` for wider scopes).
+* ``finished_training`` (session) -> :class:`FinishedTraining`: the one shared 2-rank training.
+* ``trained_models`` (session) -> ``tests.helpers.TrainedModels``: two 200-step models (slow tests).
+
+Process start, readiness polling and teardown live in ``tests/services.py``; the test tiers
+(``services``, ``processes``, ``slow``) are described in docs/TESTING.md.
 """
 
 from __future__ import annotations
@@ -188,35 +196,103 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# --- One real training, shared by the tests that look at a finished run -------------------------
+# --- MLflow tracking for one test ----------------------------------------------------------------
+@pytest.fixture
+def mlflow_tracking(mlflow_server) -> Iterator[MlflowServer]:
+    """The session's MLflow server as this process's tracking URI and as MLFLOW_TRACKING_URI (for
+    the flow's workers and subprocesses); both restored after the test. Module- and
+    session-scoped fixtures use `tests.helpers.mlflow_tracking_at` directly."""
+    from tests.helpers import mlflow_tracking_at
+
+    with mlflow_tracking_at(mlflow_server.uri):
+        yield mlflow_server
+
+
+# --- One real 2-rank training, shared by the tests that look at a finished run ------------------
+HUB_TOKEN_CANARY = "hf_CANARYc4n4ry0123456789abcdefXYZ"  # a --hub_token no file may ever hold
+
+
+@dataclass(frozen=True)
+class FinishedTraining:
+    """`streamvln demo`'s training (flows.demo.run_demo) as the session ran it; see the fixture."""
+
+    flow_run_id: str
+    mlflow_run_id: str
+    tracking_uri: str
+    model_uri: str
+    model_name: str
+    model_version: str
+    output_dir: str  # the run folder (<request output_dir>/<flow run name>)
+    data_fingerprint: str
+    world_size: int
+    steps: int
+    max_steps: int  # what the preset asked for
+    save_steps: int  # a checkpoint-<save_steps> folder holds the Trainer's pickled training_args.bin
+    workdir: Path  # the demo's folder: data, checkpoint, plans, runs
+    video_folder: Path
+    hub_token: str
+
+
 @pytest.fixture(scope="session")
-def finished_training(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path_factory):
-    """A tiny training through the real flow on the test servers, registered as
-    `finished-tiny@candidate`; planned under a fresh plan root, so every stage ran (no cache hit)
-    and published its artifacts into this flow run. Read-only for the tests that use it."""
+def finished_training(prefect_harness, mlflow_server, tmp_path_factory) -> FinishedTraining:
+    """The demo's training (`flows.demo.run_demo`: its synthetic data and tiny checkpoint, the tiny
+    CPU preset, 2 DDP ranks through torchrun) through the real flow on the test servers, once per
+    session: the e2e, secrets, run-artifacts and screenshot tests all read this one run.
+
+    Two settings are added to the demo's preset, each for one reader: `--hub_token` (a canary
+    tests/test_secrets.py looks for in every file) and a checkpoint at the last step (whose
+    pickled `training_args.bin` the canary must not reach either). The plan root is fresh, so
+    every stage ran (no cache hit) and published its artifacts into this flow run. The experiment
+    exists on the server beforehand, so artifacts go through the server like every flow run's.
+    Read-only for the tests that use it.
+    """
     import mlflow
+    import yaml
 
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-    from tests.helpers import tiny_request
+    from flows import demo
+    from tests.helpers import mlflow_tracking_at
 
-    root = tmp_path_factory.mktemp("finished_training")
-    previous = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
-        request = tiny_request(
-            model_name_or_path=str(tiny_checkpoint), video_folder=str(synthetic_data),
-            output_dir=str(root / "runs"), max_steps=6, logging_steps=1, save_strategy="no",
-        )  # fmt: skip
-        result = streamvln_train(
-            **request.groups(),
-            launch=LaunchConfig(device="cpu", nproc_per_node=1),
-            tracking=TrackingConfig(experiment_name="finished-tiny", model_name="finished-tiny"),
-            plan_root=str(root / "plans"),
-        )
-    mlflow.set_tracking_uri(previous)
-    return result
+    workdir = tmp_path_factory.mktemp("finished_training")
+    preset = yaml.safe_load(demo.DEMO_PRESET.read_text())
+    max_steps = preset["training"]["max_steps"]
+    preset["training"] |= {"hub_token": HUB_TOKEN_CANARY, "save_strategy": "steps", "save_steps": max_steps}
+    patched = workdir / "demo_preset.yaml"
+    patched.write_text(yaml.safe_dump(preset))
+    environment = dict(os.environ)  # run_demo sets defaults for an embedded Prefect and MLflow
+    try:
+        with mlflow_tracking_at(mlflow_server.uri), pytest.MonkeyPatch.context() as patch:
+            patch.setitem(demo.STAGE_PRESETS, "one", patched)
+            client = mlflow.MlflowClient(mlflow_server.uri)
+            if client.get_experiment_by_name("streamvln-demo") is None:
+                client.create_experiment("streamvln-demo")
+            result = demo.run_demo(workdir / "demo", episodes=16, nproc=2)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+    return FinishedTraining(
+        **{name: result[name] for name in ("flow_run_id", "mlflow_run_id", "tracking_uri", "model_uri")},
+        model_name="streamvln-demo",
+        model_version=result["model_version"],
+        output_dir=result["output_dir"],
+        data_fingerprint=result["data_fingerprint"],
+        world_size=result["world_size"],
+        steps=result["steps"],
+        max_steps=max_steps,
+        save_steps=max_steps,
+        workdir=Path(result["workdir"]),
+        video_folder=Path(result["workdir"]) / "data" / "synthetic_r2r",
+        hub_token=HUB_TOKEN_CANARY,
+    )
+
+
+# --- The promotion and pull tests' two trained models ---------------------------------------------
+@pytest.fixture(scope="session")
+def trained_models(tiny_checkpoint, tmp_path_factory):
+    """Held-out data and two models trained from the tiny checkpoint (true and shuffled actions,
+    200 steps each, in this process): `tests.helpers.TrainedModels`."""
+    from tests.helpers import build_trained_models
+
+    return build_trained_models(tiny_checkpoint, tmp_path_factory.mktemp("promotion-models"))
 
 
 # --- Test tiers ----------------------------------------------------------------------------------

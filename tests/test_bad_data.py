@@ -32,10 +32,12 @@ from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.mixture import MixtureSummary, write_mixture
 from tests.helpers import (
     SMALL_MIXTURE,
+    mlflow_tracking_at,
     read_annotations,
     run_failing_flow,
     task_states,
     tiny_request,
+    train_flow,
     use_moto_s3,
     write_annotations,
 )
@@ -92,10 +94,10 @@ def output_dir(workspace) -> Path:
 
 
 @pytest.fixture
-def env(prefect_harness, tiny_checkpoint, tmp_path, monkeypatch) -> Path:
+def env(prefect_harness, tiny_checkpoint, tmp_path) -> Iterator[Path]:
     # Only reached if the data wrongly passed: keep MLflow away from the working directory.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tiny_checkpoint
+    with mlflow_tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        yield tiny_checkpoint
 
 
 @pytest.fixture
@@ -413,11 +415,8 @@ def test_missing_s3_key(refused, s3_env, s3_source, s3_bucket, nav):
 
 # --- what is not an error ----------------------------------------------------------------------
 def test_grayscale_and_rgba_frames_are_converted_and_train(
-    prefect_harness, mlflow_server, tiny_checkpoint, nav, output_dir, plan_root, tmp_path, monkeypatch
+    prefect_harness, mlflow_tracking, tiny_checkpoint, nav, output_dir, plan_root, tmp_path
 ):
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-
     for episode in range(NAVIGATION["episodes"]):
         for frame in _frames(nav, episode).iterdir():
             Image.open(frame).convert("L").save(frame, quality=95)
@@ -427,25 +426,15 @@ def test_grayscale_and_rgba_frames_are_converted_and_train(
     assert Image.open(rgba.with_suffix(".png")).mode == "RGBA"
     assert Image.open(_frames(nav, 1) / "000.jpg").mode == "L"
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    try:
-        request = tiny_request(
-            model_name_or_path=str(tiny_checkpoint),
-            video_folder=str(nav),
-            output_dir=str(output_dir),
-            max_steps=1,
-        )
-        state = streamvln_train(
-            **request.groups(),
-            launch=LaunchConfig(device="cpu", nproc_per_node=1),
-            tracking=TrackingConfig(experiment_name="bad-data-modes", model_name="bad-data-modes"),
-            plan_root=str(plan_root),
-            return_state=True,
-        )
-    finally:
-        mlflow.set_tracking_uri(previous)
+    state = train_flow(
+        model_name_or_path=str(tiny_checkpoint),
+        video_folder=str(nav),
+        output_dir=str(output_dir),
+        max_steps=1,
+        tracking="bad-data-modes",
+        plan_root=plan_root,
+        return_state=True,
+    )
     assert state.is_completed(), state
     result = state.result()
     assert result.steps == 1 and result.last_loss is not None
@@ -453,7 +442,7 @@ def test_grayscale_and_rgba_frames_are_converted_and_train(
     assert states["data-module"] == ["Completed"], states
     assert states["training-loop"] == ["Completed"], states
 
-    client = mlflow.MlflowClient(mlflow_server.uri)
+    client = mlflow.MlflowClient(mlflow_tracking.uri)
     local = client.download_artifacts(result.mlflow_run_id, "data/validation_report.json", str(tmp_path))
     report = json.loads(Path(local).read_text())
     assert report["status"] == "passed" and report["problems"] == [], report

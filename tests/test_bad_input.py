@@ -17,7 +17,14 @@ from streamvln_model.data.formats.annotations import load_episodes
 from streamvln_model.data.validation.errors import DataValidationError
 from streamvln_model.synthetic import write_trajectories
 from streamvln_model.synthetic.checkpoint import write_checkpoint
-from tests.helpers import copy_dataset, read_annotations, run_failing_flow, tiny_request, write_annotations
+from tests.helpers import (
+    copy_dataset,
+    mlflow_tracking_at,
+    read_annotations,
+    run_failing_flow,
+    tiny_request,
+    write_annotations,
+)
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -50,10 +57,10 @@ def data(synthetic_data, tmp_path) -> Path:
 
 
 @pytest.fixture
-def env(prefect_harness, tiny_checkpoint, tmp_path, monkeypatch):
+def env(prefect_harness, tiny_checkpoint, tmp_path):
     # Only reached if planning wrongly passed: keep MLflow away from the working directory.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tiny_checkpoint
+    with mlflow_tracking_at(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        yield tiny_checkpoint
 
 
 # --- through the flow -----------------------------------------------------------------------------

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from transformers.trainer_utils import get_last_checkpoint
 
+from streamvln_model.checkpoint.staging import STAGING_DIR, resume_checkpoint
 from streamvln_model.config.arguments import TrainingArguments
-from streamvln_model.training.trainer import STAGING_DIR, StreamVLNTrainer, resume_checkpoint
+from streamvln_model.training.trainer import StreamVLNTrainer
 
 
 class Regression(nn.Module):

@@ -24,15 +24,10 @@ import pytest
 import torch
 
 from streamvln_model import StreamVLNConfig, StreamVLNForCausalLM
-from streamvln_model.checkpoint.saving import (
-    TOWER_DIRNAME,
-    SavedModelError,
-    check_saved_files,
-    point_config_at_tower,
-    probe_model,
-    save_trained_model,
-    verify_saved_model,
-)
+from streamvln_model.checkpoint.headers import check_saved_files
+from streamvln_model.checkpoint.layout import TOWER_DIRNAME, SavedModelError, point_config_at_tower
+from streamvln_model.checkpoint.reload_check import probe_model, verify_saved_model
+from streamvln_model.checkpoint.save import save_trained_model
 from streamvln_model.config.arguments import TrainingArguments
 from streamvln_model.model.conversation import prepare_tokenizer
 from streamvln_model.model.tokenizer import load_tokenizer
@@ -142,6 +137,7 @@ def published_read(compat_python: str, tiny_checkpoint: Path, trainer_saved: Pat
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.processes  # the transformers 4.45 venv (scripts/compat_venv.sh) in a subprocess
 @pytest.mark.parametrize("which", ["synthetic", "trainer"])
 def test_published_stack_reads_config_tokenizer_tower_and_weights(
     which: str, published_read: dict, tiny_checkpoint: Path, trainer_saved: Path
@@ -177,6 +173,7 @@ def test_published_stack_reads_config_tokenizer_tower_and_weights(
     torch.testing.assert_close(torch.tensor(read["logits"]), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # `trainer_saved` runs the Trainer's save path (~8 s, once)
 def test_rope_base_matters_for_the_trainer_saved_model(trainer_saved: Path) -> None:
     """Guards the test above: with theta 10000 (what 4.x reads without `rope_theta`) logits differ."""
     config = StreamVLNConfig.from_pretrained(trainer_saved)
@@ -190,6 +187,7 @@ def test_rope_base_matters_for_the_trainer_saved_model(trainer_saved: Path) -> N
     assert difference > 1e-2
 
 
+@pytest.mark.slow  # `trainer_saved`
 def test_trainer_saved_folder_layout(trainer_saved: Path) -> None:
     config = json.loads((trainer_saved / "config.json").read_text())
     assert config["model_type"] == "qwen2" and config["use_cache"] is True
@@ -203,6 +201,7 @@ def test_trainer_saved_folder_layout(trainer_saved: Path) -> None:
     assert check_saved_files(trainer_saved) == {"unexpected": []}
 
 
+@pytest.mark.slow  # `trainer_saved`
 def test_moved_folder_still_loads_here(trainer_saved: Path, tmp_path: Path) -> None:
     """The absolute tower path goes stale when the folder moves; ours reads `vision_config` instead."""
     moved = shutil.copytree(trainer_saved, tmp_path / "moved")
@@ -246,7 +245,7 @@ def test_known_public_tower_is_written_as_its_hub_id(tmp_path: Path) -> None:
 
 def test_tower_path_with_clip_in_it_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = preset_config("tiny")
-    with caplog.at_level(logging.WARNING, logger="streamvln.saving"):
+    with caplog.at_level(logging.WARNING, logger="streamvln.checkpoint"):
         point_config_at_tower(config, resolve_vision_config(config), tmp_path / "clip-runs" / "out")
     assert "CLIP tower" in caplog.text
 

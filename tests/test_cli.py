@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
 from streamvln_model.model.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from tasks.training import LAUNCHER_FAILED, root_cause
 from tests.helpers import copy_dataset, read_annotations
+
+pytestmark = pytest.mark.processes  # every test runs the `streamvln` console script (or torchrun)
 
 STREAMVLN = Path(sys.executable).parent / "streamvln"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
@@ -176,12 +179,9 @@ def test_failed_training_exits_1_naming_the_rank_and_the_log(
     data = copy_dataset(synthetic_data, tmp_path / "data")
     preset = yaml.safe_load(TINY_PRESET.read_text())
     output_dir = tmp_path / "out"
-    preset["request"] |= {
-        "model_name_or_path": str(tiny_checkpoint),
-        "video_folder": str(data),
-        "output_dir": str(output_dir),
-        "max_steps": 1,
-    }
+    preset["model"] |= {"model_name_or_path": str(tiny_checkpoint)}
+    preset["data"] |= {"video_folder": str(data)}
+    preset["training"] |= {"output_dir": str(output_dir), "max_steps": 1}
     preset["launch"] |= {"nproc_per_node": 1}
     preset["tracking"] = {"experiment_name": "cli-failures", "model_name": "never-registered"}
     config = tmp_path / "config.yaml"

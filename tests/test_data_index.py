@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from streamvln_model.config.sample_shape import SampleShape
 from streamvln_model.data.formats.annotations import load_episodes
 from streamvln_model.data.index.folder import index_folder, open_index, write_index
 from streamvln_model.data.index.tables import build_index, leading_turns
@@ -25,9 +26,7 @@ from tests.helpers import copy_dataset, read_annotations, write_annotations
 
 
 def settings(video_folder: Path | str, **fields) -> DataSettings:
-    return DataSettings(
-        video_folder=str(video_folder), num_frames=32, num_history=8, num_future_steps=4, **fields
-    )
+    return DataSettings(video_folder=str(video_folder), shape=SampleShape(32, 8, 4), **fields)
 
 
 def check(video_folder, tmp_path: Path, **fields):

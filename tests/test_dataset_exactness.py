@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from streamvln_model.config.sample_shape import SampleShape
 from streamvln_model.data.datasets.collator import DataCollatorForNavigation
 from streamvln_model.data.datasets.navigation import VLNActionDataset
 from streamvln_model.data.formats.annotations import load_episodes
@@ -120,7 +121,7 @@ def built(source: Path, tokenizer):
     episodes = load_episodes(str(source))
     index, summary = build_index(episodes, F, H, K)
     processor = build_image_processor(resolve_vision_config(preset_config("tiny")))
-    dataset = VLNActionDataset(index, tok, spec, processor, F, H, K)
+    dataset = VLNActionDataset(index, tok, spec, processor, SampleShape(F, H, K))
     return dataset, summary
 
 

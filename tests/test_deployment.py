@@ -20,6 +20,8 @@ import pytest
 
 from tests.services import free_port, log_tail, start_service
 
+pytestmark = pytest.mark.processes  # a Prefect server, worker and CLI in subprocesses
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POOL = "streamvln-test"  # not the file's pool: `--pool` rewrites every deployment's pool
 SERVER_STARTUP_TIMEOUT_S = 120

@@ -114,6 +114,7 @@ def test_padding_makes_no_turn(tokenizer):
     assert len(turn_spans(labels[1:], action_of)) == 1
 
 
+@pytest.mark.slow  # the tiny model scores every turn of the data (~6 s)
 def test_real_tiny_model_scores_count_every_turn(tiny_checkpoint, synthetic_data):
     from streamvln_model import StreamVLNForCausalLM
     from streamvln_model.data.datasets.collator import DataCollatorForNavigation
@@ -178,6 +179,7 @@ def test_overlapping_scenes_are_refused_by_name(tmp_path):
     assert "garden" not in message and "kitchen" not in message
 
 
+@pytest.mark.processes  # the evaluation worker in a subprocess
 def test_evaluate_worker_exits_2_on_overlap_before_loading_anything(tmp_path):
     folders = _scenes(tmp_path, train=["kitchen"], held=["kitchen"])
     command = [

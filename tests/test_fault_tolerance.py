@@ -23,7 +23,8 @@ import psutil
 import pytest
 from transformers import TrainerState
 
-from streamvln_model.training.trainer import STAGING_DIR, MlflowRunCallback
+from streamvln_model.checkpoint.staging import STAGING_DIR
+from streamvln_model.training.trainer import MlflowRunCallback
 from tasks.training import (
     PROGRESS_KEY,
     ProgressBoard,
@@ -32,7 +33,7 @@ from tasks.training import (
     percent_done,
     relaunch_may_help,
 )
-from tests.helpers import tiny_request
+from tests.helpers import mlflow_tracking_at, train_flow
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
@@ -73,6 +74,7 @@ def _wait_until(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.processes  # torchrun under a stand-in flow process
 def test_torchrun_and_its_workers_die_with_the_flow_process(tmp_path):
     worker, pids = tmp_path / "worker.py", tmp_path / "pids"
     worker.write_text(SLEEPING_WORKER)
@@ -140,21 +142,6 @@ class RankKiller(threading.Thread):
         return None
 
 
-def run_training(request, plan_root: Path):
-    """One flow run (2 CPU ranks, up to 2 relaunches of the training); its final state."""
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-
-    return streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu", nproc_per_node=2),
-        tracking=TrackingConfig(experiment_name="fault-tolerance", model_name="streamvln-fault-tolerance"),
-        plan_root=str(plan_root),
-        train_retries=2,
-        return_state=True,
-    )
-
-
 @dataclass(frozen=True)
 class FaultedRun:
     result: object  # TrainFlowResult
@@ -166,22 +153,24 @@ class FaultedRun:
 @pytest.fixture(scope="module")
 def faulted_run(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_tolerance")
-    request = tiny_request(
-        model_name_or_path=str(tiny_checkpoint),
-        video_folder=str(synthetic_data),
-        output_dir=str(root / "runs"),
-        max_steps=MAX_STEPS,
-        save_strategy="steps",
-        save_steps=2,
-    )
     killer = RankKiller(root / "runs", KILL_AFTER)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with mlflow_tracking_at(mlflow_server.uri):
         killer.start()
         started = time.monotonic()
-        try:
-            state = run_training(request, root / "plans")
+        try:  # one flow run: 2 CPU ranks, up to 2 relaunches of the training
+            state = train_flow(
+                model_name_or_path=str(tiny_checkpoint),
+                video_folder=str(synthetic_data),
+                output_dir=str(root / "runs"),
+                max_steps=MAX_STEPS,
+                save_strategy="steps",
+                save_steps=2,
+                launch={"nproc_per_node": 2},
+                tracking=("fault-tolerance", "streamvln-fault-tolerance"),
+                plan_root=root / "plans",
+                train_retries=2,
+                return_state=True,
+            )
         finally:
             killer.stop.set()
             killer.join()
@@ -262,9 +251,8 @@ def _trainer_state(step: int) -> TrainerState:
     return TrainerState(global_step=step, max_steps=PLANNED, is_world_process_zero=True)
 
 
-def test_a_relaunch_logs_no_step_twice(mlflow_server, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    client = mlflow.MlflowClient(mlflow_server.uri)
+def test_a_relaunch_logs_no_step_twice(mlflow_tracking):
+    client = mlflow.MlflowClient(mlflow_tracking.uri)
     experiment = client.create_experiment(f"relaunch-{time.time_ns()}")
     run_id = client.create_run(experiment).info.run_id
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from streamvln_model.checkpoint.saving import TOWER_DIRNAME
+from streamvln_model.checkpoint.layout import TOWER_DIRNAME
 from streamvln_model.registry import pyfunc as mlflow_model
 from tests.helpers import service_env
 
@@ -138,7 +138,7 @@ def test_flow_peak_memory_does_not_grow_with_the_weights(
 
 
 def test_pyfunc_is_logged_from_files_without_loading_the_model(
-    mlflow_server, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    mlflow_tracking, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """mlflow must not call `load_context` (which loads the weights) while logging."""
 
@@ -146,8 +146,7 @@ def test_pyfunc_is_logged_from_files_without_loading_the_model(
         raise AssertionError("load_context was called at log time")
 
     monkeypatch.setattr(mlflow_model.StreamVLNPyfunc, "load_context", refuse)
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    client = mlflow.MlflowClient(mlflow_server.uri)
+    client = mlflow.MlflowClient(mlflow_tracking.uri)
     experiment = client.get_experiment_by_name("pyfunc-from-files") or client.get_experiment(
         client.create_experiment("pyfunc-from-files")
     )

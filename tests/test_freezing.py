@@ -13,6 +13,7 @@ import torch
 
 from streamvln_model import StreamVLNForCausalLM
 from streamvln_model.config.arguments import ModelArguments, TrainingArguments
+from streamvln_model.config.sample_shape import SampleShape
 from streamvln_model.data.datasets.collator import DataCollatorForNavigation
 from streamvln_model.data.datasets.navigation import VLNActionDataset
 from streamvln_model.data.formats.annotations import load_episodes
@@ -134,13 +135,14 @@ def setup(tiny_checkpoint, synthetic_data, run_dir):
     )
     index, _ = build_index(load_episodes(str(synthetic_data)), 32, 8, 4)  # the published defaults
     processor = build_image_processor(model.get_vision_tower().config)
-    dataset = VLNActionDataset(index, tokenizer, spec, processor, num_frames=32, num_history=8)
+    dataset = VLNActionDataset(index, tokenizer, spec, processor, SampleShape(32, 8, 4))
     starts = index["start"]
     picks = [starts.index(0), next(i for i, s in enumerate(starts) if s > 0)]  # no history, history
     batch = DataCollatorForNavigation(tokenizer.pad_token_id, 4096)([dataset[i] for i in picks])
     return model, initial, batch
 
 
+@pytest.mark.slow  # a real optimizer step per case (~2 s each, 22 cases)
 @pytest.mark.parametrize("case", list(CASES))
 def test_trainable_set_and_one_real_step(case: str, setup, tiny_checkpoint, run_dir) -> None:
     model, initial, batch = setup

@@ -21,15 +21,13 @@ from streamvln_model.data.index.tables import build_index
 from streamvln_model.model.builder import load_prepared_tokenizer
 from streamvln_model.registry.inference import NavigationPolicy, parse_actions
 from streamvln_model.registry.scores import action_accuracy
-from tests.test_promotion import trained_models
 
 
 @pytest.mark.slow
-def test_trained_model_reads_actions_from_pixels(tiny_checkpoint, tmp_path):
+def test_trained_model_reads_actions_from_pixels(trained_models, tmp_path):
     # The model trained on the true actions of scene "kitchen" (200 steps, the published model and
     # data flags), shared with the promotion and pull tests; held out: 6 episodes of scene "attic".
-    models = trained_models(tiny_checkpoint)
-    out, held_out = models.good, models.heldout
+    out, held_out = trained_models.good, trained_models.heldout
 
     model = StreamVLNForCausalLM.from_pretrained(out)
     tokenizer, spec = load_prepared_tokenizer(ModelArguments(model_name_or_path=str(out), version="qwen_1_5"))

@@ -21,14 +21,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from flows.train import streamvln_train
 from streamvln_model import StreamVLNForCausalLM
+from streamvln_model.checkpoint.headers import check_saved_files
 from streamvln_model.checkpoint.loading import load_trained
-from streamvln_model.checkpoint.saving import check_saved_files, probe_inputs, probe_logits
+from streamvln_model.checkpoint.reload_check import probe_inputs, probe_logits
 from streamvln_model.config.arguments import TrainingArguments, resolve_flags
 from streamvln_model.model.configuration import StreamVLNConfig
-from tasks.parameters import LaunchConfig, TrackingConfig
-from tests.helpers import tiny_request
+from tests.helpers import mlflow_tracking_at, train_flow
 
 LORA_PARTS = "mm_mlp_adapter,mm_lora_layer"
 PEFT_PREFIX = "base_model.model."
@@ -59,25 +58,19 @@ def trained(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp
         if name not in results:
             fields, extra = RUNS[name]
             out = tmp_path_factory.mktemp(name) / "out"
-            request = tiny_request(
+            result = train_flow(
                 model_name_or_path=str(tiny_checkpoint),
                 video_folder=str(synthetic_data),
                 output_dir=str(out),
                 extra_args=extra,
                 **fields,
-            )
-            result = streamvln_train(
-                **request.groups(),
-                launch=LaunchConfig(device="cpu", nproc_per_node=1),
-                tracking=TrackingConfig(experiment_name="lora-and-saving", model_name=f"tiny-{name}"),
-                plan_root=str(tmp_path_factory.getbasetemp() / "plans"),
+                tracking=("lora-and-saving", f"tiny-{name}"),
+                plan_root=tmp_path_factory.getbasetemp() / "plans",
             )
             results[name] = (result, Path(result.output_dir))  # the run folder under out
         return results[name]
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
+    with mlflow_tracking_at(mlflow_server.uri):
         yield run
 
 
@@ -292,15 +285,21 @@ def test_optimizer_without_module_lrs_is_the_trainers_default(every_parameter_tr
         assert group["weight_decay"] == (0.0 if _no_decay(name) else 0.1), name
 
 
-def test_optimizer_groups_with_lora(tiny_checkpoint, tmp_path):
+def _lora_model(checkpoint: Path, output_dir: Path):
+    """The checkpoint with rank-4 LoRA adapters; the adapters and the projector train."""
     from streamvln_model.model.lora import apply_lora
 
     args = TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to=["none"], lora_enable=True, lora_r=4
+        output_dir=str(output_dir), use_cpu=True, report_to=["none"], lora_enable=True, lora_r=4
     )
-    model = apply_lora(StreamVLNForCausalLM.from_pretrained(tiny_checkpoint), args)
+    model = apply_lora(StreamVLNForCausalLM.from_pretrained(checkpoint), args)
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name or "mm_projector" in name)
+    return model, args
+
+
+def test_optimizer_groups_with_lora(tiny_checkpoint, tmp_path):
+    model, _ = _lora_model(tiny_checkpoint, tmp_path)
     trainer = _trainer(model, tmp_path, mm_projector_lr=2e-3, mm_vision_tower_lr=3e-3)
     by_name = _groups_by_name(trainer.create_optimizer(), model)
     assert set(by_name) == {n for n, p in model.named_parameters() if p.requires_grad}
@@ -401,15 +400,9 @@ def test_planning_counts_lora_layers_and_the_legacy_flags_keep_published_lora_se
 
 def test_a_lora_checkpoint_keeps_the_other_trained_weights_for_resume(tiny_checkpoint, tmp_path):
     """peft puts only the adapter into checkpoint-N; the projector must come back on resume too."""
-    from streamvln_model.model.lora import apply_lora
     from streamvln_model.training.trainer import StreamVLNTrainer
 
-    args = TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to=["none"], lora_enable=True, lora_r=4
-    )
-    model = apply_lora(StreamVLNForCausalLM.from_pretrained(tiny_checkpoint), args)
-    for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name or "mm_projector" in name)
+    model, args = _lora_model(tiny_checkpoint, tmp_path)
     trainer = StreamVLNTrainer(model=model, args=args)
     checkpoint = tmp_path / "checkpoint-1"
     trainer._save(str(checkpoint))

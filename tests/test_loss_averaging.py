@@ -31,7 +31,10 @@ from streamvln_model.training.trainer import StreamVLNTrainer
 from streamvln_model.training.worker import make_supervised_data_module
 
 # Our TrainingArguments is built directly here, not through arguments.parser() which silences this.
-pytestmark = pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning"),
+    pytest.mark.slow,  # real Trainer steps with gradient capture (~7 s unloaded, 40 s on a busy machine)
+]
 
 RTOL = 1e-4  # relative (norm-wise) error allowed between the Trainer's and the hand gradient
 ATOL_SHARE = 1e-6  # element-wise atol, as a share of the largest gradient entry

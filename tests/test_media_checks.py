@@ -255,12 +255,13 @@ def test_concurrent_checks_share_one_cache(tmp_path):
 _INTERRUPTED_CHECK = """
 import sys
 from pathlib import Path
-from streamvln_model.data.media_checks import check_media
+from streamvln_model.data.validation.media_checks import check_media
 locations = Path(sys.argv[1]).read_text().split()
 check_media([(l, "image") for l in locations], cache_path=Path(sys.argv[2]), workers=2, progress=False)
 """
 
 
+@pytest.mark.processes  # the interrupted check is a subprocess
 def test_an_interrupted_check_resumes_where_it_stopped(tmp_path):
     locations = _frames(tmp_path / "frames", 2000)
     listing = _write(tmp_path / "listing.txt", "\n".join(locations).encode())

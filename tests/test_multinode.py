@@ -10,17 +10,17 @@ import threading
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from prefect import flow
 
-from tasks.parameters import LaunchConfig, TrackingConfig
+from tasks.parameters import LaunchConfig
 from tasks.trainer_init import torchrun_command
 from tasks.training import TrainingFailed, run_streaming, worker_env
-from tests.helpers import tiny_request
+from tests.helpers import train_flow
 from tests.services import free_port
 
 
+@pytest.mark.processes  # torchrun
 def test_a_rendezvous_that_cannot_form_fails_within_its_timeout_naming_the_endpoint(
     prefect_harness, tmp_path
 ):
@@ -57,20 +57,12 @@ def test_srun_launches_torchrun_on_every_node_of_the_allocation(tmp_path, monkey
 
 
 def test_two_nodes_join_one_rendezvous_and_train_one_run(
-    prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch
+    prefect_harness, mlflow_tracking, tiny_checkpoint, synthetic_data, tmp_path
 ):
     """The flow launches node 0; "node 1" runs the command the flow logged, on the same plan.json
     (a shared file system), as an operator or a Slurm step would on the second machine."""
-    from flows.train import streamvln_train
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    mlflow.set_tracking_uri(mlflow_server.uri)
     endpoint = f"127.0.0.1:{free_port()}"
     launch = LaunchConfig(device="cpu", nnodes=2, rdzv_endpoint=endpoint, rdzv_timeout_s=120)
-    request = tiny_request(
-        model_name_or_path=str(tiny_checkpoint), video_folder=str(synthetic_data),
-        output_dir=str(tmp_path / "runs"), max_steps=2, logging_steps=1, save_strategy="no",
-    )  # fmt: skip
     second_node: list[subprocess.CompletedProcess] = []
 
     def start_second_node() -> None:
@@ -82,10 +74,11 @@ def test_two_nodes_join_one_rendezvous_and_train_one_run(
 
     node = threading.Thread(target=start_second_node)
     node.start()
-    tracking = TrackingConfig(experiment_name="multinode", model_name="multinode")
-    result = streamvln_train(
-        **request.groups(), launch=launch, tracking=tracking, plan_root=str(tmp_path / "plans")
-    )
+    result = train_flow(
+        model_name_or_path=str(tiny_checkpoint), video_folder=str(synthetic_data),
+        output_dir=str(tmp_path / "runs"), max_steps=2, logging_steps=1, save_strategy="no",
+        launch=launch, tracking="multinode", plan_root=tmp_path / "plans",
+    )  # fmt: skip
     node.join(timeout=120)
     assert second_node and second_node[0].returncode == 0, (
         second_node[0].stdout[-3000:] if second_node else None

@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import TINY_PRESET, task_states, tiny_request
+from tests.helpers import TINY_PRESET, task_states, train_flow
 
 BAD_VALUES = {
     "per_device_train_batch_size": 0,
@@ -39,8 +39,11 @@ EXPECTED_PROBLEMS = (
 
 
 def _preset(tmp_path: Path, **request) -> Path:
+    from flows.presets import group_of
+
     preset = yaml.safe_load(TINY_PRESET.read_text())
-    preset["request"].update(request)
+    for key, value in request.items():  # each flag in its group (an unknown one under training)
+        preset.setdefault(group_of(key) or "training", {})[key] = value
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(preset))
     return path
@@ -61,6 +64,7 @@ def _cli(args: list[str], cwd: Path, prefect_home: Path) -> tuple[subprocess.Com
     return done, time.monotonic() - start
 
 
+@pytest.mark.processes  # the CLI
 def test_bad_arguments_are_all_reported_within_seconds_before_prefect_starts(tmp_path, tiny_checkpoint):
     config = _preset(
         tmp_path,
@@ -84,6 +88,7 @@ def test_bad_arguments_are_all_reported_within_seconds_before_prefect_starts(tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.processes  # the CLI
 @pytest.mark.parametrize(
     ("settings", "problem"),
     [
@@ -106,6 +111,7 @@ def test_runs_that_would_train_nothing_are_refused(
     assert done.returncode == 2 and problem in done.stderr, done.stderr
 
 
+@pytest.mark.processes  # the CLI
 def test_cuda_on_a_cpu_host_is_refused(tmp_path, tiny_checkpoint, synthetic_data):
     config = _preset(
         tmp_path,
@@ -142,15 +148,8 @@ def test_the_parse_arguments_task_reports_the_same_problems(
 
 def _failed_flow(tmp_path: Path, **fields):
     """The flow on the tiny preset with these request fields; it must fail (returns its state)."""
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig
-
-    request = tiny_request(output_dir=str(tmp_path / "out"), **fields)
-    state = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu"),
-        plan_root=str(tmp_path / "plans"),
-        return_state=True,
+    state = train_flow(
+        output_dir=str(tmp_path / "out"), plan_root=tmp_path / "plans", return_state=True, **fields
     )
     assert state.is_failed(), state
     return state
@@ -183,12 +182,15 @@ def _expected_message(case: str, folder: Path, name: str) -> str:
     return f"{folder}: weight {name!r} has shape [64, 65] in the checkpoint but the config expects [64, 64]"
 
 
+@pytest.mark.processes  # torchrun
 @pytest.mark.parametrize("case", ["missing", "shape"])
 def test_standalone_worker_refuses_a_broken_checkpoint_before_loading(
     broken_checkpoints, synthetic_data, tmp_path, case
 ):
     folder, name = broken_checkpoints[case]
-    preset = yaml.safe_load(TINY_PRESET.read_text())["request"]
+    from flows.presets import preset_flags
+
+    preset = preset_flags(TINY_PRESET)
     flags = {k: v for k, v in preset.items() if k not in ("model_name_or_path", "video_folder", "output_dir")}
     argv = [
         a for k, v in flags.items() for a in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))

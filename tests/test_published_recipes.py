@@ -315,6 +315,7 @@ def print_arguments(argv: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.processes  # the worker module in a subprocess
 @pytest.mark.parametrize("stage", ["stage_one", "stage_two"])
 def test_published_command_line_resolves_to_the_published_values(stage):
     resolved = print_arguments(worker_argv(SCRIPTS[stage]))
@@ -356,6 +357,7 @@ def test_every_field_has_one_state_and_the_docs_table_is_generated_from_them():
     )
 
 
+@pytest.mark.processes  # the worker module in a subprocess
 def test_unknown_flag_is_refused_by_the_worker():
     done = subprocess.run(
         [sys.executable, "-m", "streamvln_model.train", "--print_arguments", "--learning_rat", "1e-4"],
@@ -372,8 +374,8 @@ def test_flow_and_worker_resolve_the_same_preset_identically(
 ):
     """configs/tiny_cpu.yaml through the flow (plan.json) and through the worker's own parser."""
     from flows.presets import preset_parameters
-    from flows.train import streamvln_train
     from tasks.parameters import LaunchConfig, TrainRequest
+    from tests.helpers import train_flow
 
     preset = preset_parameters(REPO_ROOT / "configs" / "tiny_cpu.yaml")
     paths = {
@@ -382,11 +384,8 @@ def test_flow_and_worker_resolve_the_same_preset_identically(
         "output_dir": str(tmp_path / "out"),
     }
     request = TrainRequest(**{**preset["request"], **paths})
-    result = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(**preset["launch"]),
-        plan_root=str(tmp_path / "plans"),
-        plan_only=True,
+    result = train_flow(
+        request=request, launch=LaunchConfig(**preset["launch"]), plan_root=tmp_path / "plans", plan_only=True
     )
     plan = json.loads(Path(result.plan_path).read_text())
     yaml_flags = {
@@ -416,14 +415,15 @@ def _text(value) -> str:
 
 @pytest.mark.parametrize("stage", ["stage_one", "stage_two"])
 def test_shipped_preset_is_the_published_script(stage):
-    """configs/<stage>.yaml resolves to the published values; each request line cites its script line."""
+    """configs/<stage>.yaml resolves to the published values; each flag's line cites its script line."""
     from flows.presets import preset_parameters
     from streamvln_model.config.arguments import as_data
     from tasks.parameters import TrainRequest, request_arguments
 
     path = REPO_ROOT / "configs" / f"{stage}.yaml"
-    request_lines = path.read_text().split("request:\n", 1)[1].split("launch:\n", 1)[0].splitlines()
-    assert all("# --" in line for line in request_lines), "a preset value without its script line"
+    text = path.read_text().split("\nmodel:\n", 1)[1].split("\nlaunch:\n", 1)[0]  # the training groups
+    request_lines = [line for line in text.splitlines() if line not in ("data:", "training:")]
+    assert request_lines and all("# --" in line for line in request_lines), "a value without its script line"
     resolved = as_data(request_arguments(TrainRequest(**preset_parameters(path)["request"])))
     flat = {k: v for group in resolved.values() for k, v in group.items()}
     # Paths are ours; DeepSpeed is a launch setting; the flow's MLflow run replaces wandb.

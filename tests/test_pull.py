@@ -30,7 +30,7 @@ from PIL import Image
 from streamvln_model.registry import pyfunc as mlflow_model
 from streamvln_model.registry.inference import NavigationPolicy, parse_actions
 from streamvln_model.registry.models import UnknownModelError, registry_key, resolve_model
-from tests.test_promotion import register_version, trained_models
+from tests.helpers import mlflow_tracking_at, register_version
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "streamvln-pull"
@@ -58,14 +58,13 @@ print(json.dumps({"answer": answer, "library": streamvln_model.__file__}))
 
 
 @pytest.fixture(scope="module")
-def registered(mlflow_server, tiny_checkpoint):
-    """The good model of tests/test_promotion.py, registered and aliased (shared training)."""
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    models = trained_models(tiny_checkpoint)
-    version = register_version(client, MODEL_NAME, models.good, models.train)
-    client.set_registered_model_alias(MODEL_NAME, ALIAS, version)
-    return models, version
+def registered(mlflow_server, trained_models):
+    """The good model of `trained_models` (shared with tests/test_promotion.py), registered and aliased."""
+    with mlflow_tracking_at(mlflow_server.uri):
+        client = mlflow.MlflowClient(mlflow_server.uri)
+        version = register_version(client, MODEL_NAME, trained_models.good, trained_models.train)
+        client.set_registered_model_alias(MODEL_NAME, ALIAS, version)
+        yield trained_models, version
 
 
 def _observation(models) -> dict:
@@ -81,7 +80,7 @@ def _observation(models) -> dict:
     }
 
 
-@pytest.mark.slow  # uses the trained model of tests/test_promotion.py
+@pytest.mark.slow  # `trained_models`: two 200-step trainings
 def test_pull_prints_a_verified_checkpoint_and_refuses_unknown_aliases(registered, mlflow_server, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
     command = [
@@ -106,7 +105,7 @@ def test_pull_prints_a_verified_checkpoint_and_refuses_unknown_aliases(registere
     assert "Traceback" not in refused.stderr and not (tmp_path / "other").exists()
 
 
-@pytest.mark.slow  # uses the trained model of tests/test_promotion.py
+@pytest.mark.slow  # `trained_models`: two 200-step trainings
 def test_pyfunc_in_a_fresh_process_answers_as_the_policy(registered, mlflow_server, tmp_path):
     models, _ = registered
     record = _observation(models)
@@ -127,7 +126,7 @@ def test_pyfunc_in_a_fresh_process_answers_as_the_policy(registered, mlflow_serv
     assert "/code/streamvln_model/" in result["library"], result["library"]
 
 
-@pytest.mark.slow  # uses the trained model of tests/test_promotion.py
+@pytest.mark.slow  # `trained_models`: two 200-step trainings
 def test_policy_prompt_and_frames_are_the_training_sample(registered):
     from streamvln_model.data.datasets.navigation import VLNActionDataset
     from streamvln_model.data.formats.annotations import load_episodes
@@ -158,7 +157,7 @@ def test_policy_prompt_and_frames_are_the_training_sample(registered):
         policy.pixels(plan.current_frames[0], every[:5])
 
 
-@pytest.mark.slow  # uses the trained model of tests/test_promotion.py
+@pytest.mark.slow  # `trained_models`: two 200-step trainings
 def test_resolve_model_downloads_a_version_once(registered, mlflow_server, tmp_path):
     _, version = registered
     cache = tmp_path / "cache"
@@ -199,6 +198,7 @@ print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() if n.split(".
 """
 
 
+@pytest.mark.processes  # a fresh interpreter imports the inference path
 def test_pip_requirements_pin_what_the_library_imports():
     requirements = mlflow_model.pip_requirements()
     pinned = {_normal(line.split("==")[0]): line.split("==")[1] for line in requirements}

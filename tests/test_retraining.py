@@ -35,12 +35,8 @@ def add_dagger_episode(folder: Path, source: Path) -> None:
 
 
 @pytest.fixture
-def retrain_env(prefect_harness, mlflow_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    yield mlflow.MlflowClient(mlflow_server.uri)
-    mlflow.set_tracking_uri(previous)
+def retrain_env(prefect_harness, mlflow_tracking):
+    return mlflow.MlflowClient(mlflow_tracking.uri)
 
 
 def _artifact(flow_run_id, key: str):

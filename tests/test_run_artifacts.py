@@ -47,6 +47,6 @@ def test_mlflow_run_and_version_name_the_training_data(finished_training, mlflow
     assert fingerprint.startswith(dataset_input.dataset.digest) and len(dataset_input.dataset.digest) >= 32
     assert str(finished_training.output_dir) not in dataset_input.dataset.source  # the data, not the run
     assert run.data.tags["data.fingerprint"] == fingerprint
-    version = client.get_model_version("finished-tiny", finished_training.model_version)
+    version = client.get_model_version(finished_training.model_name, finished_training.model_version)
     assert version.tags["data.fingerprint"] == fingerprint and version.tags["data.sources"]
     assert "plots/loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]

@@ -29,7 +29,7 @@ from streamvln_model.training.run_folder import (
     read_record,
     write_record,
 )
-from tests.helpers import service_env, tiny_request
+from tests.helpers import service_env, tiny_request, train_flow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.processes  # the holder is a subprocess
 def test_a_held_folder_turns_a_second_writer_away_naming_the_holder_until_it_dies(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
@@ -120,20 +121,13 @@ def _workers_of(folder: Path) -> str:
 
 
 @pytest.fixture
-def tracked(prefect_harness, mlflow_server, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    yield mlflow.MlflowClient(mlflow_server.uri)
-    mlflow.set_tracking_uri(previous)
+def tracked(prefect_harness, mlflow_tracking):
+    return mlflow.MlflowClient(mlflow_tracking.uri)
 
 
 def test_killed_flow_process_is_closed_and_resumed_into_its_mlflow_run_and_a_finished_run_is_left_alone(
     tracked, prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path
 ):
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-
     root, plans = tmp_path / "runs", tmp_path / "plans"
     fields = dict(
         model_name_or_path=str(tiny_checkpoint), video_folder=str(synthetic_data), output_dir=str(root),
@@ -150,14 +144,15 @@ def test_killed_flow_process_is_closed_and_resumed_into_its_mlflow_run_and_a_fin
     try:
         folder = _wait_for(lambda: next(iter(root.glob("*/run.json")), None), 300, "a run folder").parent
         holder = read_record(folder)
-        request = tiny_request(**fields)
+        flow_run = {
+            **fields,
+            "tracking": (tracking["experiment_name"], tracking["model_name"]),
+            "plan_root": plans,
+        }
 
         # A second run on the same folder is turned away at once, naming the first.
         started = time.monotonic()
-        state = streamvln_train(
-            **request.groups(), launch=LaunchConfig(device="cpu"), tracking=TrackingConfig(**tracking),
-            plan_root=str(plans), resume_from=folder.name, return_state=True,
-        )  # fmt: skip
+        state = train_flow(**flow_run, resume_from=folder.name, return_state=True)
         assert state.is_failed()
         with pytest.raises(RunFolderError, match=f"in use by another run: {holder.flow_run_name}"):
             state.result()
@@ -171,10 +166,7 @@ def test_killed_flow_process_is_closed_and_resumed_into_its_mlflow_run_and_a_fin
         mlflow_run_id = read_record(folder).mlflow_run_id
         assert tracked.get_run(mlflow_run_id).info.status == "RUNNING"  # nobody said anything yet
 
-        resumed = streamvln_train(
-            **request.groups(), launch=LaunchConfig(device="cpu"), tracking=TrackingConfig(**tracking),
-            plan_root=str(plans), resume_from="latest",
-        )  # fmt: skip
+        resumed = train_flow(**flow_run, resume_from="latest")
     finally:
         if first.poll() is None:
             first.kill()
@@ -193,10 +185,7 @@ def test_killed_flow_process_is_closed_and_resumed_into_its_mlflow_run_and_a_fin
     assert [v.version for v in versions] == [resumed.model_version]
 
     # Rerunning the finished run trains nothing and registers nothing.
-    again = streamvln_train(
-        **request.groups(), launch=LaunchConfig(device="cpu"), tracking=TrackingConfig(**tracking),
-        plan_root=str(plans), resume_from=str(folder),
-    )  # fmt: skip
+    again = train_flow(**flow_run, resume_from=str(folder))
     assert not again.registered and "finished already" in again.skipped_reason
     assert len(tracked.search_model_versions("name='run-folders'")) == 1
     assert len(tracked.get_metric_history(mlflow_run_id, "loss")) == STEPS

@@ -32,7 +32,7 @@ import mlflow
 import pytest
 
 from streamvln_model.synthetic.mixture import MixtureSummary, write_mixture
-from tests.helpers import SMALL_MIXTURE, task_states, tiny_request, use_moto_s3
+from tests.helpers import SMALL_MIXTURE, mlflow_tracking_at, task_states, train_flow, use_moto_s3
 from tests.s3_requests import count_requests
 
 STEPS = 3
@@ -118,49 +118,37 @@ def runs(s3_data, prefect_harness, mlflow_server, tiny_checkpoint) -> Iterator[d
     which torchrun start-up and 3 steps on 2 ranks ~30 s; one rank would save ~10 s per run but
     not exercise two processes fetching into one cache, nor the group_by_task split across ranks.
     """
-    from flows.train import streamvln_train
-    from tasks.parameters import LaunchConfig, TrackingConfig
-
     root, summary = s3_data["root"], s3_data["summary"]
     data_flags = {k: v for k, v in summary.flags.items() if k != "multi_task_training"}
     assert all(v.startswith("s3://") for v in data_flags.values())
-    previous = mlflow.get_tracking_uri()
 
     def run(name: str) -> Run:
-        request = tiny_request(
-            model_name_or_path=str(tiny_checkpoint),
-            output_dir=str(root / name),
-            **data_flags,
-            multi_task_training=True,
-            group_by_task=True,
-            frames_upbound=4,
-            force_sample=True,
-            max_steps=STEPS,
-            logging_steps=1,
-            save_strategy="no",
-        )
         start = time.monotonic()
         with count_requests(s3_data["endpoint"]) as requests:
-            result = streamvln_train(
-                **request.groups(),
-                launch=LaunchConfig(device="cpu", nproc_per_node=NPROC),
-                tracking=TrackingConfig(experiment_name="s3-cotraining", model_name="s3-cotraining"),
-                plan_root=str(root / "plans"),
+            result = train_flow(
+                model_name_or_path=str(tiny_checkpoint),
+                output_dir=str(root / name),
+                **data_flags,
+                multi_task_training=True,
+                group_by_task=True,
+                frames_upbound=4,
+                force_sample=True,
+                max_steps=STEPS,
+                logging_steps=1,
+                save_strategy="no",
+                launch={"nproc_per_node": NPROC},
+                tracking="s3-cotraining",
+                plan_root=root / "plans",
             )
         done = Run(result=result, requests=requests, seconds=time.monotonic() - start)
         objects = s3_data["objects"]
         print(f"{name}: {done.seconds:.1f} s, S3 requests {dict(requests)}, {objects} objects")  # -s
         return done
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
-        try:
-            first = run("run1")
-            second = run("run2")
-            yield {"first": first, "second": second}
-        finally:
-            mlflow.set_tracking_uri(previous)
+    with mlflow_tracking_at(mlflow_server.uri):
+        first = run("run1")
+        second = run("run2")
+        yield {"first": first, "second": second}
 
 
 def test_first_run_cotrains_on_every_task_read_from_s3(runs, s3_data, mlflow_server, tmp_path) -> None:

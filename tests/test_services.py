@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.services  # `request.getfixturevalue` starts the servers: no fixture name to see
+
 
 def test_mlflow_server_tracks_metrics_and_proxies_artifacts(mlflow_server, tmp_path: Path) -> None:
     import mlflow

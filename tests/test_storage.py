@@ -234,12 +234,13 @@ def test_data_index_on_s3_is_shared_and_mirrored_once(synthetic_data, moto_s3, s
     """An index written to an s3:// prefix (the flow's `index_root`) is complete only once its
     manifest lands, is reused by a second writer of the same key, and opens memory-mapped from
     a per-machine mirror fetched once."""
+    from streamvln_model.config.sample_shape import SampleShape
     from streamvln_model.data.index.folder import index_folder, open_index, write_index
     from streamvln_model.data.validation.check import DataSettings, check_data
 
     bucket = f"index-{uuid.uuid4().hex[:12]}"
     moto_s3.fs().mkdir(bucket)
-    settings = DataSettings(str(synthetic_data), num_frames=32, num_history=8, num_future_steps=4)
+    settings = DataSettings(str(synthetic_data), SampleShape(32, 8, 4))
     check = check_data(settings, check_cache=tmp_path / "checks.sqlite", workers=1, progress=False)
     location = index_folder(f"s3://{bucket}/indexes", check.key)
     assert write_index(check, location) == (location, True)

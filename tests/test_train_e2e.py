@@ -1,5 +1,7 @@
 """The demo's training through the real flow: 2 DDP ranks (torchrun), a real MLflow server.
 
+The run is the session's `finished_training` (tests/conftest.py: `flows.demo.run_demo`).
+
 Acceptance: the loss falls below half of its first value over >= 30 optimiser steps, every
 step reaches MLflow, and the registered model pulled with `models:/<name>@<alias>` in a fresh
 process loads and gives the same logits as the saved folder.
@@ -13,10 +15,7 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 import torch
-
-from flows.demo import run_demo
 
 FRESH_PROCESS_LOGITS = r"""
 import json, sys, mlflow, torch
@@ -34,24 +33,16 @@ print(json.dumps(policy.predict([json.loads(sys.argv[6])])))
 """
 
 
-@pytest.fixture(scope="module")
-def demo_result(prefect_harness, mlflow_server, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-        mlflow.set_tracking_uri(mlflow_server.uri)
-        yield run_demo(tmp_path_factory.mktemp("demo"), episodes=16, nproc=2)
-
-
-def test_two_ranks_learn_and_every_step_reaches_mlflow(demo_result, mlflow_server):
-    assert demo_result["tracking_uri"] == mlflow_server.uri
-    assert demo_result["world_size"] == 2
+def test_two_ranks_learn_and_every_step_reaches_mlflow(finished_training, mlflow_server):
+    assert finished_training.tracking_uri == mlflow_server.uri
+    assert finished_training.world_size == 2
     client = mlflow.MlflowClient(mlflow_server.uri)
-    history = sorted(client.get_metric_history(demo_result["mlflow_run_id"], "loss"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(finished_training.mlflow_run_id, "loss"), key=lambda m: m.step)
     steps = [m.step for m in history]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 30
     first, last = history[0].value, history[-1].value
     assert last < 0.5 * first, (first, last)
-    run = client.get_run(demo_result["mlflow_run_id"])
+    run = client.get_run(finished_training.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.num_history"] == "8"
     assert run.data.tags["data.fingerprint"]
@@ -59,7 +50,7 @@ def test_two_ranks_learn_and_every_step_reaches_mlflow(demo_result, mlflow_serve
     assert {"plan/resolved_arguments.json", "plan/data_summary.json", "plan/plan.json"} <= artifacts
 
 
-def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlflow_server, tmp_path):
+def test_registered_model_in_fresh_process_matches_saved_folder(finished_training, mlflow_server, tmp_path):
     from streamvln_model import StreamVLNForCausalLM
     from streamvln_model.config.arguments import ModelArguments
     from streamvln_model.data.datasets.collator import DataCollatorForNavigation
@@ -69,13 +60,12 @@ def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlf
     from streamvln_model.model.builder import load_prepared_tokenizer
     from streamvln_model.model.vision import build_image_processor
 
-    saved = Path(demo_result["output_dir"])
+    saved = Path(finished_training.output_dir)
     model = StreamVLNForCausalLM.from_pretrained(saved).eval()
     tokenizer, spec = load_prepared_tokenizer(
         ModelArguments(model_name_or_path=str(saved), version="qwen_1_5")
     )
-    data = Path(demo_result["workdir"]) / "data" / "synthetic_r2r"
-    index, _ = build_index(load_episodes(str(data)), 32, 8, 4)
+    index, _ = build_index(load_episodes(str(finished_training.video_folder)), 32, 8, 4)
     dataset = VLNActionDataset(index, tokenizer, spec, build_image_processor(model.get_vision_tower().config))
     with_history = next(i for i in range(len(dataset)) if dataset.plan(i).start > 0)
     batch = DataCollatorForNavigation(tokenizer.pad_token_id, 4096)([dataset[0], dataset[with_history]])
@@ -86,7 +76,7 @@ def test_registered_model_in_fresh_process_matches_saved_folder(demo_result, mlf
 
     plan = dataset.plan(0)
     request = {"instruction": plan.instruction, "current_frame": plan.current_frames[0], "history_frames": []}
-    command = [sys.executable, "-c", FRESH_PROCESS_LOGITS, mlflow_server.uri, demo_result["model_uri"],
+    command = [sys.executable, "-c", FRESH_PROCESS_LOGITS, mlflow_server.uri, finished_training.model_uri,
                str(tmp_path / "download"), str(tmp_path / "batch.pt"), str(tmp_path / "logits.pt"),
                json.dumps(request)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)

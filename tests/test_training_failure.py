@@ -9,40 +9,32 @@ import time
 import mlflow
 import pytest
 
-from flows.train import streamvln_train
-from tasks.parameters import LaunchConfig, TrackingConfig, TrainRequest
-from tests.helpers import task_states, tiny_request
+from tests.helpers import task_states, train_flow
 
 
 @pytest.fixture
-def request_for(prefect_harness, mlflow_server, tiny_checkpoint, synthetic_data, tmp_path, monkeypatch):
-    """A training request on the shared tiny checkpoint and data, tracked in the test MLflow server."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    mlflow.set_tracking_uri(mlflow_server.uri)
+def train(prefect_harness, mlflow_tracking, tiny_checkpoint, synthetic_data, tmp_path):
+    """A flow run on the shared tiny checkpoint and data, tracked in the test MLflow server; its state."""
 
-    def build(**overrides) -> TrainRequest:
-        return tiny_request(
+    def run(**fields):
+        return train_flow(
             model_name_or_path=str(tiny_checkpoint),
             video_folder=str(synthetic_data),
             output_dir=str(tmp_path / "out"),
             gradient_checkpointing=False,
-            **overrides,
+            plan_root=tmp_path / "plans",
+            return_state=True,
+            **fields,
         )
 
-    return build
+    return run
 
 
-def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_server, tmp_path):
+def test_worker_failure_fails_the_task_with_the_log_tail(train, mlflow_server, tmp_path):
     # Passes planning (an optimizer is only a name there) but the worker's Trainer cannot build it:
     # adamw_anyprecision needs torchdistx, which no package registry serves for this torch.
-    request = request_for(max_steps=1, extra_args={"optim": "adamw_anyprecision"})
-    tracking = TrackingConfig(experiment_name="failures", model_name="never-registered")
-    state = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu"),
-        tracking=tracking,
-        plan_root=str(tmp_path / "plans"),
-        return_state=True,
+    state = train(
+        max_steps=1, extra_args={"optim": "adamw_anyprecision"}, tracking=("failures", "never-registered")
     )
     assert state.is_failed()
     with pytest.raises(Exception, match="torchrun exited with") as failure:
@@ -59,14 +51,11 @@ def test_worker_failure_fails_the_task_with_the_log_tail(request_for, mlflow_ser
     assert client.search_registered_models(filter_string="name='never-registered'") == []
 
 
-def test_training_timeout_stops_every_worker(request_for, tmp_path):
-    request = request_for(max_steps=10_000)
-    state = streamvln_train(
-        **request.groups(),
-        launch=LaunchConfig(device="cpu", nproc_per_node=2, timeout_s=20),
-        tracking=TrackingConfig(experiment_name="timeouts", model_name="never-registered-either"),
-        plan_root=str(tmp_path / "plans"),
-        return_state=True,
+def test_training_timeout_stops_every_worker(train, tmp_path):
+    state = train(
+        max_steps=10_000,
+        launch={"nproc_per_node": 2, "timeout_s": 20},
+        tracking=("timeouts", "never-registered-either"),
     )
     assert state.is_failed()
     with pytest.raises(Exception, match="after the 20 s timeout"):

@@ -47,7 +47,7 @@ localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 
 @pytest.fixture(scope="module")
 def finished_run(finished_training, mlflow_server) -> FinishedRun:
-    """The session's real tiny training (tests/conftest.py `finished_training`)."""
+    """The session's real 2-rank tiny training (tests/conftest.py `finished_training`)."""
     import mlflow
 
     run = mlflow.MlflowClient(mlflow_server.uri).get_run(finished_training.mlflow_run_id)
@@ -56,7 +56,7 @@ def finished_run(finished_training, mlflow_server) -> FinishedRun:
         mlflow_run_id=finished_training.mlflow_run_id,
         tracking_uri=mlflow_server.uri,
         experiment_id=run.info.experiment_id,
-        model_name="finished-tiny",
+        model_name=finished_training.model_name,
         model_version=finished_training.model_version,
     )
 

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from streamvln_model import StreamVLNForCausalLM
+
+pytestmark = pytest.mark.processes  # torchrun workers
 
 PUBLISHED_FLAGS = [
     "--version", "qwen_1_5", "--group_by_task", "False",
