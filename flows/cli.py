@@ -445,7 +445,7 @@ def _yaml_message(err: Any, source: str | None) -> str:
 def _report(err: BaseException, args: argparse.Namespace) -> int | None:
     """Print what went wrong in the CLI's voice and return the exit code; None: not ours to explain."""
     err = _original(err)
-    command = f"streamvln {args.command}"
+    command = " ".join(["streamvln", args.command, *([args.what] if getattr(args, "what", None) else [])])
     training_failed = _loaded_class("tasks.training", "TrainingFailed")
     if training_failed is not None and isinstance(err, training_failed):
         print(

@@ -74,7 +74,7 @@ def test_synth_checkpoint_writes_a_loadable_folder_and_never_overwrites(tmp_path
     before = _files(out)
     again = streamvln("synth", "checkpoint", out)
     assert again.returncode == 2
-    assert f"streamvln synth: error: {out} exists and is not empty" in again.stderr
+    assert f"streamvln synth checkpoint: error: {out} exists and is not empty" in again.stderr
     assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
     assert _files(out) == before
 
@@ -126,7 +126,7 @@ def test_bad_input_exits_2_naming_the_file(tmp_path, tiny_checkpoint):
     done = streamvln("data", "preview", "--video_folder", source, "--tokenizer", tiny_checkpoint, "--json")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"{source.resolve()}/annotations.json: missing" in done.stderr
-    assert done.stderr.startswith("streamvln data: error: 1 data problem(s)")
+    assert done.stderr.startswith("streamvln data preview: error: 1 data problem(s)")
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 

@@ -56,7 +56,7 @@ def test_a_corrupted_frame_exits_2_naming_the_file(data, capsys):
     assert main(["data", "check", "--workers", "1", "--video_folder", str(data)]) == 2
     captured = capsys.readouterr()
     assert f"{frame}: frame: truncated" in captured.err
-    assert captured.err.startswith("streamvln data: error: ")
+    assert captured.err.startswith("streamvln data check: error: ")
     assert "# Data validation: failed" in captured.out
 
 

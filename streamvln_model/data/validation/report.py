@@ -107,7 +107,11 @@ class ValidationReport:
         lines += ["", "| split | entries |", "|---|---|", *(f"| {k} | {v} |" for k, v in self.splits.items())]
         lines += [
             "",
-            "Estimated tokens per sample: " + ", ".join(f"{k}: {v}" for k, v in self.tokens.items()),
+            "Estimated tokens per sample: "
+            + (
+                ", ".join(f"{k}: {v}" for k, v in self.tokens.items())
+                or "not estimated (tokens per frame come from the checkpoint: give --model_name_or_path)"
+            ),
         ]
         lines += ["", f"Problems: {len(self.problems)}"]
         if self.problems:
