@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: ./scripts/test.sh [--fast] [pytest args...]
+#   (no --fast) the whole suite on 2 pytest-xdist workers (STREAMVLN_TEST_WORKERS; -n 0: one process)
 #   --fast  only the tests that need no server, no torchrun and no subprocess of the CLI or flow
 #           (pytest -m "not services and not processes and not slow"; docs/TESTING.md), and a
 #           closing line `fast tier: N tests in S s`.
@@ -24,7 +25,14 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export DO_NOT_TRACK=1
 
 if [[ $fast -eq 0 ]]; then
-    exec .venv/bin/python -m pytest "${args[@]}"
+    # The whole suite waits on servers and subprocesses a good part of the time: two xdist workers
+    # (one per core here) share it. Tests of one module, and the modules that read one shared
+    # training, stay on one worker (tests/conftest.py). `-n 0` or `-p no:xdist` overrides this.
+    parallel=(-n "${STREAMVLN_TEST_WORKERS:-2}" --dist loadgroup)
+    for arg in "${args[@]}"; do
+        case "$arg" in -n | -n* | --numprocesses* | no:xdist | -pno:xdist | --dist*) parallel=() ;; esac
+    done
+    exec .venv/bin/python -m pytest "${parallel[@]}" "${args[@]}"
 fi
 
 report="$(mktemp -t streamvln-fast-XXXXXX.xml)"

@@ -39,7 +39,11 @@ def torchrun_command(launch: LaunchConfig, plan_path: Path) -> list[str]:
     that not every node joins fails after `rdzv_timeout_s` (torchrun's `join_timeout`).
     """
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={launch.nproc_per_node}"]
-    if launch.nnodes > 1:
+    if launch.nnodes == 1:
+        # A rendezvous on a free local port: without it torchrun takes 127.0.0.1:29500, and a
+        # second run on the same machine (another user, a retraining) fails to bind it.
+        command.append("--standalone")
+    else:
         endpoint = launch.rdzv_endpoint or (slurm_head_endpoint() if launch.launcher == "srun" else None)
         if not endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port reachable from every node)")

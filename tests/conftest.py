@@ -302,7 +302,26 @@ def trained_models(tiny_checkpoint, tmp_path_factory):
 SERVICE_FIXTURES = frozenset({"mlflow_server", "moto_s3", "prefect_harness", "finished_training"})
 
 
+# Session trainings several modules read: under pytest-xdist (`scripts/test.sh` runs the full
+# suite on 2 workers) every module that reads one must run on the same worker, or each worker
+# would train it again. Listed longest first: they start first, so neither worker ends on one.
+SHARED_TRAININGS = ("finished_training", "trained_models")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `services`; give each test its xdist group: its module, or the shared training its
+    module reads (module-scoped trainings then run once, on one worker); shared trainings first."""
+    reads: dict[str, set[str]] = {}
+    for item in items:
+        reads.setdefault(item.module.__name__, set()).update(set(SHARED_TRAININGS) & set(item.fixturenames))
+    group_of = {
+        module: next((name for name in SHARED_TRAININGS if name in shared), module)
+        for module, shared in reads.items()
+    }
     for item in items:
         if SERVICE_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.services)
+        item.add_marker(pytest.mark.xdist_group(group_of[item.module.__name__]))
+    rank = {name: i for i, name in enumerate(SHARED_TRAININGS)}
+    items.sort(key=lambda item: rank.get(group_of[item.module.__name__], len(rank)))  # stable

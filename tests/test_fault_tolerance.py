@@ -79,7 +79,15 @@ def test_torchrun_and_its_workers_die_with_the_flow_process(tmp_path):
     worker, pids = tmp_path / "worker.py", tmp_path / "pids"
     worker.write_text(SLEEPING_WORKER)
     pids.mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(worker), str(pids)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(worker),
+        str(pids),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     flow = subprocess.Popen(
         [sys.executable, "-c", FLOW_STAND_IN, *torchrun], env=env, stdout=subprocess.PIPE, text=True

@@ -197,7 +197,7 @@ def test_standalone_worker_refuses_a_broken_checkpoint_before_loading(
     ]
     done = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
             "-m", "streamvln_model.train",
             "--model_name_or_path", str(folder), "--video_folder", str(synthetic_data),
             "--output_dir", str(tmp_path / "out"), *argv,

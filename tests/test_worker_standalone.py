@@ -34,6 +34,7 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free rendezvous port: other tests may run torchrun at the same time
         "--nproc_per_node=2",
         "-m",
         "streamvln_model.train",
