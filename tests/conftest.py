@@ -302,26 +302,48 @@ def trained_models(tiny_checkpoint, tmp_path_factory):
 SERVICE_FIXTURES = frozenset({"mlflow_server", "moto_s3", "prefect_harness", "finished_training"})
 
 
-# Session trainings several modules read: under pytest-xdist (`scripts/test.sh` runs the full
-# suite on 2 workers) every module that reads one must run on the same worker, or each worker
-# would train it again. Listed longest first: they start first, so neither worker ends on one.
+# Session trainings several modules read. Under pytest-xdist (`scripts/test.sh` runs the whole
+# suite on 2 workers) each module runs on one worker, and the modules that read one of these
+# trainings share a worker, or each worker would train it again. Listed longest first: they are
+# collected first, so they start at once and neither worker ends the run alone on one.
 SHARED_TRAININGS = ("finished_training", "trained_models")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def module_groups(tests_dir: Path = Path(__file__).parent) -> dict[str, str]:
+    """`tests/test_x.py` -> the shared training it reads (by name in its source), for the modules
+    that read one; the others are their own group. The controller sees only node ids, so the
+    grouping is decided from the files."""
+    groups = {}
+    for module in sorted(tests_dir.glob("test_*.py")):
+        source = module.read_text()
+        shared = next((name for name in SHARED_TRAININGS if name in source), None)
+        if shared:
+            groups[f"{tests_dir.name}/{module.name}"] = shared
+    return groups
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: defined only where pytest-xdist is installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadscope`, with a module (not a class) as the unit, and the modules that read one
+    shared training as one unit. (xdist's own `xdist_group` marks are not applied under pytest 9:
+    xdist 3.8 writes the group into `item._nodeid`, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = module_groups()
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return groups.get(module, module)
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark `services`; give each test its xdist group: its module, or the shared training its
-    module reads (module-scoped trainings then run once, on one worker); shared trainings first."""
-    reads: dict[str, set[str]] = {}
-    for item in items:
-        reads.setdefault(item.module.__name__, set()).update(set(SHARED_TRAININGS) & set(item.fixturenames))
-    group_of = {
-        module: next((name for name in SHARED_TRAININGS if name in shared), module)
-        for module, shared in reads.items()
-    }
+    """Mark `services`; collect the modules that read a shared training first (stable sort)."""
     for item in items:
         if SERVICE_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.services)
-        item.add_marker(pytest.mark.xdist_group(group_of[item.module.__name__]))
+    groups = module_groups()
     rank = {name: i for i, name in enumerate(SHARED_TRAININGS)}
-    items.sort(key=lambda item: rank.get(group_of[item.module.__name__], len(rank)))  # stable
+    items.sort(key=lambda item: rank.get(groups.get(item.nodeid.split("::", 1)[0], ""), len(rank)))
