@@ -28,7 +28,7 @@ if [[ $fast -eq 0 ]]; then
     # The whole suite waits on servers and subprocesses a good part of the time: two xdist workers
     # (one per core here) share it. Tests of one module, and the modules that read one shared
     # training, stay on one worker (tests/conftest.py). `-n 0` or `-p no:xdist` overrides this.
-    parallel=(-n "${STREAMVLN_TEST_WORKERS:-2}" --dist loadscope)
+    parallel=(-n "${STREAMVLN_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder)
     for arg in "${args[@]}"; do
         case "$arg" in -n | -n* | --numprocesses* | no:xdist | -pno:xdist | --dist*) parallel=() ;; esac
     done

@@ -2,7 +2,7 @@
 
 A small synthetic mixture (navigation + DAgger + video QA + ScanQA + MMC4 and its YAML, every
 path an `s3://` URL) is uploaded to the session's moto server and its local copy deleted, so
-every byte must come through `streamvln_model.data.storage`. Credentials, endpoint and the
+every byte must come through `streamvln_model.data.locations`. Credentials, endpoint and the
 read-through cache reach the flow and its torchrun workers through the environment only.
 
 Run 1 plans (data check + index), trains on 2 gloo ranks with `group_by_task` and registers the

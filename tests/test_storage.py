@@ -1,4 +1,4 @@
-"""Object storage through `streamvln_model.data.storage` against a real moto S3 server.
+"""Object storage through `streamvln_model.data.locations` against a real moto S3 server.
 
 The product reads credentials and the endpoint from the environment only, so every test sets
 them with monkeypatch.setenv. Requests are counted at the server (tests/s3_requests.py), which
@@ -126,7 +126,7 @@ def test_fresh_process_with_same_cache_makes_no_request(trees, moto_s3) -> None:
     _, url = trees
     frame = storage.join(url, "ep2/rgb/0.jpg")
     storage.read_bytes(frame)
-    script = "import sys; from streamvln_model.data import storage; print(storage.read_text(sys.argv[1]))"
+    script = "import sys; from streamvln_model.data import locations; print(locations.read_text(sys.argv[1]))"
     with count_requests(moto_s3.endpoint_url) as counts:
         out = subprocess.run(
             [sys.executable, "-c", script, frame], capture_output=True, text=True, timeout=60, check=True
