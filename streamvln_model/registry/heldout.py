@@ -28,6 +28,7 @@ from streamvln_model.config.sample_shape import STREAMVLN_SHAPE, SampleShape
 from streamvln_model.data import locations as storage
 from streamvln_model.data.datasets.sampling import validate_sampling
 from streamvln_model.data.formats.annotations import ANNOTATIONS, load_episodes, split_folders
+from streamvln_model.files import write_text_atomically
 
 # The shape fields a model's config.json records (the training run's values).
 MODEL_SHAPE_FIELDS = frozenset({"num_history", "num_future_steps"})
@@ -221,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    partial.replace(output)
+    write_text_atomically(output, json.dumps(result, indent=1, sort_keys=True) + "\n")
     for key, scores in result["models"].items():
         print(
             f"{key}: exact turn match {scores['exact_turn_match']:.4f}, action accuracy "
